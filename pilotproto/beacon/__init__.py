@@ -1,0 +1,1 @@
+"""The beacon: registry, STUN, rendezvous."""

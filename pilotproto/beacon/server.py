@@ -1,0 +1,218 @@
+"""
+The beacon's request handling, free of sockets.
+
+``BeaconServer.datagram_received(data, source, local)`` takes one datagram
+and returns the datagrams to send back as ``(bytes, destination)`` pairs.
+The UDP protocol in :mod:`pilotproto.beacon.protocol` only moves bytes.
+
+Nothing a peer sends can raise out of here: malformed, forged or replayed
+datagrams are dropped and counted in ``counters``.  An answer to a request
+that has not proved its key is never more than ``AMPLIFICATION_LIMIT``
+times the request's size (QUIC's anti-amplification rule), except STUN
+Binding responses, whose size RFC 8489 fixes.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from twisted.logger import Logger
+
+from ..errors import InvalidArgument, PilotError
+from ..identity import Address, verify_signature
+from ..node.config import check_hostname
+from ..wire import DecodeError, Endpoint, is_stun
+from ..wire import beacon as msgs
+from ..wire import stun
+from .nonces import NonceIssuer
+from .registry import DEFAULT_TTL, Registry
+
+AMPLIFICATION_LIMIT = 3
+DEFAULT_KEEPALIVE_INTERVAL = 5
+SOFTWARE = "pilotproto beacon"
+
+
+class BeaconServer:
+    log = Logger()
+
+    def __init__(
+        self,
+        clock,
+        registry: Registry | None = None,
+        nonces: NonceIssuer | None = None,
+        keepalive_interval: int = DEFAULT_KEEPALIVE_INTERVAL,
+        other_address: Endpoint | None = None,
+    ):
+        self._clock = clock
+        self.registry = registry if registry is not None else Registry(clock, DEFAULT_TTL)
+        self.nonces = nonces if nonces is not None else NonceIssuer(clock)
+        self.keepalive_interval = keepalive_interval
+        #: the beacon's other address/port, announced in STUN OTHER-ADDRESS
+        self.other_address = other_address
+        self.counters: collections.Counter = collections.Counter()
+
+    # -- entry point -----------------------------------------------------
+
+    def datagram_received(self, data: bytes, source: Endpoint, local: Endpoint | None = None):
+        self.counters["datagrams"] += 1
+        try:
+            if is_stun(data):
+                return self._stun(data, source, local)
+            if data[:1] == bytes([msgs.KIND]):
+                return self._beacon_message(data, source)
+            self.counters["dropped_unknown_kind"] += 1
+            return []
+        except DecodeError:
+            self.counters["dropped_malformed"] += 1
+            return []
+        except Exception:
+            # A bug, not a bad packet: keep serving everyone else.
+            self.counters["internal_errors"] += 1
+            self.log.failure("beacon failed to handle a datagram from {source}", source=source)
+            return []
+
+    # -- STUN --------------------------------------------------------------
+
+    def _stun(self, data, source, local):
+        request = stun.decode(data)
+        if request.message_class != stun.StunClass.REQUEST or request.method != stun.BINDING:
+            self.counters["dropped_stun_not_binding_request"] += 1
+            return []
+        self.counters["stun_requests"] += 1
+        unknown = stun.unknown_comprehension_required(request)
+        if unknown:
+            reply = stun.binding_error(request, 420, "Unknown Attribute", software=SOFTWARE)
+        else:
+            reply = stun.binding_response(
+                request, source, response_origin=local, other_address=self.other_address, software=SOFTWARE
+            )
+        return [(reply, source)]
+
+    # -- pilot messages ------------------------------------------------------
+
+    def _beacon_message(self, data, source):
+        msg = msgs.decode(data)
+        handler = getattr(self, "_rx_" + type(msg).__name__, None)
+        if handler is None:
+            self.counters["dropped_unexpected_type"] += 1
+            return []
+        self.counters["rx_" + type(msg).__name__] += 1
+        return handler(msg, source, len(data))
+
+    def _unauthenticated_reply(self, reply, request_size, destination):
+        data = msgs.encode(reply)
+        if len(data) > AMPLIFICATION_LIMIT * request_size:
+            self.counters["dropped_amplification"] += 1
+            return []
+        return [(data, destination)]
+
+    def _error(self, request, code, message, source, request_size, authenticated=False):
+        self.counters["error_" + code] += 1
+        reply = msgs.Error(request.request_id, code, message)
+        if authenticated:
+            return [(msgs.encode(reply), source)]
+        return self._unauthenticated_reply(reply, request_size, source)
+
+    def _rx_Hello(self, msg, source, size):
+        reply = msgs.Challenge(msg.request_id, self.nonces.issue(source), source)
+        return self._unauthenticated_reply(reply, size, source)
+
+    def _signature_ok(self, msg) -> bool:
+        if verify_signature(msg.public_key, msgs.signed_bytes(msg), msg.signature):
+            return True
+        self.counters["dropped_bad_signature"] += 1
+        return False
+
+    def _rx_Register(self, msg, source, size):
+        if not self._signature_ok(msg):
+            return self._error(msg, "refused", "bad signature", source, size)
+        problem = self.nonces.redeem(msg.nonce, source)
+        if problem is not None:
+            self.counters["dropped_bad_nonce"] += 1
+            return self._error(msg, "stale_nonce", problem, source, size)
+        try:
+            check_hostname(msg.hostname)
+            record = self.registry.register(
+                msg.public_key,
+                msg.hostname,
+                source,
+                lan_endpoints=msg.lan_endpoints,
+                public=bool(msg.flags & msgs.FLAG_PUBLIC),
+                seq=msg.seq,
+            )
+        except PilotError as e:
+            return self._error(msg, e.code, e.message, source, size)
+        self.log.info(
+            "registered {name} ({address}) at {endpoint}",
+            name=record.hostname,
+            address=str(record.address),
+            endpoint=str(source),
+        )
+        reply = msgs.Registered(
+            msg.request_id,
+            record.address.to_bytes(),
+            source,
+            self.keepalive_interval,
+            int(self.registry.ttl),
+        )
+        return [(msgs.encode(reply), source)]
+
+    def _authenticate(self, msg, source, size):
+        """The sender's live record, or the error datagrams to send instead."""
+        record = self.registry.get(msg.public_key)
+        if record is None:
+            return None, self._error(msg, "not_registered", "register first", source, size)
+        if not self._signature_ok(msg):
+            return None, self._error(msg, "refused", "bad signature", source, size)
+        if not record.accept_seq(msg.seq):
+            self.counters["dropped_replay"] += 1
+            return None, self._error(msg, "replay", "request seen before", source, size)
+        self.registry.touch(record, source)
+        return record, None
+
+    def _rx_Keepalive(self, msg, source, size):
+        record, refusal = self._authenticate(msg, source, size)
+        if record is None:
+            return refusal
+        return [(msgs.encode(msgs.KeepaliveAck(msg.request_id, source)), source)]
+
+    def _rx_Unregister(self, msg, source, size):
+        record, refusal = self._authenticate(msg, source, size)
+        if record is None:
+            return refusal
+        self.registry.remove(record.public_key)
+        self.log.info("unregistered {name}", name=record.hostname)
+        return [(msgs.encode(msgs.Ok(msg.request_id)), source)]
+
+    def _rx_Lookup(self, msg, source, size):
+        requester, refusal = self._authenticate(msg, source, size)
+        if requester is None:
+            return refusal
+        target = None
+        try:
+            if msg.by_address:
+                target = self.registry.find_by_address(Address.from_bytes(msg.target))
+            else:
+                target = self.registry.find_by_name(msg.target.decode("utf-8"))
+        except (InvalidArgument, UnicodeDecodeError):
+            target = None
+        if target is None or not self.visible(target, requester):
+            return self._error(msg, "not_found", "no such node is visible to you", source, size, authenticated=True)
+        reply = msgs.LookupResult(
+            msg.request_id,
+            target.hostname,
+            target.address.to_bytes(),
+            target.public_key,
+            msgs.FLAG_PUBLIC if target.public else 0,
+            target.endpoints(),
+        )
+        return [(msgs.encode(reply), source)]
+
+    def visible(self, target, requester) -> bool:
+        """May ``requester`` learn where ``target`` is?  Private by default."""
+        return target.public or target.public_key == requester.public_key
+
+    def expire(self) -> None:
+        dropped = self.registry.expire()
+        if dropped:
+            self.counters["expired"] += dropped

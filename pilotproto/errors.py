@@ -1,0 +1,140 @@
+"""
+One error hierarchy for the whole stack.
+
+Every error carries a stable machine-readable ``code`` (what ``pilotctl
+--json`` prints and what the control socket sends), a message a person can
+act on, and an optional ``hint`` saying what to do next.  The class
+docstring's first line is the default message.
+"""
+
+from __future__ import annotations
+
+
+class PilotError(Exception):
+    """Something went wrong in pilotproto."""
+
+    code = "internal"
+    hint: str | None = None
+
+    def __init__(self, message: str | None = None, hint: str | None = None):
+        if message is None:
+            message = (self.__class__.__doc__ or self.code).strip().splitlines()[0]
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def to_dict(self) -> dict:
+        return {
+            "status": "error",
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PilotError":
+        """Rebuild the most specific error class for a wire error object."""
+        code = data.get("code", "internal")
+        klass = _BY_CODE.get(code, PilotError)
+        err = klass(data.get("message") or code, data.get("hint"))
+        err.code = code
+        return err
+
+
+class InvalidArgument(PilotError, ValueError):
+    """An argument was not valid."""
+
+    code = "invalid_argument"
+
+
+class NotFound(PilotError):
+    """No such node is known to the beacon, or it is not visible to you."""
+
+    code = "not_found"
+    hint = "Check the name; a private node is visible only to nodes it trusts."
+
+
+class NotRunning(PilotError):
+    """The pilot daemon is not running."""
+
+    code = "not_running"
+    hint = "Start it with: pilotctl daemon start --hostname NAME --beacon HOST:PORT"
+
+
+class AlreadyRunning(PilotError):
+    """A pilot daemon is already running with this home."""
+
+    code = "already_running"
+    hint = "Stop it with 'pilotctl daemon stop', or use another --home."
+
+
+class Timeout(PilotError):
+    """The operation timed out."""
+
+    code = "timeout"
+
+
+class Unavailable(PilotError):
+    """The beacon could not be reached."""
+
+    code = "unavailable"
+    hint = "Check the --beacon address and that the beacon is running."
+
+
+class NameTaken(PilotError):
+    """That hostname is already held by another node's key."""
+
+    code = "name_taken"
+    hint = "Choose another --hostname; a name belongs to the first key that registers it."
+
+
+class NotRegistered(PilotError):
+    """This node is not registered with a beacon yet."""
+
+    code = "not_registered"
+    hint = "Wait a moment, and check 'pilotctl info' and the daemon log."
+
+
+class Refused(PilotError):
+    """The request was refused."""
+
+    code = "refused"
+
+
+class StateError(PilotError):
+    """The node's home holds a file that cannot be used."""
+
+    code = "corrupt_state"
+    hint = "Move the file aside yourself if you mean to start over; pilot never replaces an identity silently."
+
+
+class PermissionDenied(PilotError):
+    """Permission denied."""
+
+    code = "permission_denied"
+
+
+class ProtocolError(PilotError):
+    """The peer broke the protocol."""
+
+    code = "protocol_error"
+
+
+_BY_CODE = {
+    klass.code: klass
+    for klass in [
+        InvalidArgument,
+        NotFound,
+        NotRunning,
+        AlreadyRunning,
+        Timeout,
+        Unavailable,
+        NameTaken,
+        NotRegistered,
+        Refused,
+        StateError,
+        PermissionDenied,
+        ProtocolError,
+    ]
+}

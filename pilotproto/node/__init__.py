@@ -1,0 +1,5 @@
+"""The pilot node (daemon)."""
+
+from .service import PilotNode
+
+__all__ = ["PilotNode"]

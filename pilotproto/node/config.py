@@ -1,0 +1,124 @@
+"""
+The node's home directory and its settings file.
+
+The home (default ``~/.pilot``, or ``$PILOT_HOME``, or ``--home``) holds:
+
+=================  ===================================================
+``identity.json``  the Ed25519 key (0600); see :mod:`pilotproto.identity`
+``config.json``    settings written by ``pilotctl init`` / daemon start
+``control.sock``   the daemon's control socket (0600) while it runs
+``daemon.pid``     pid of the background daemon
+``daemon.log``     its log
+=================  ===================================================
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+
+import attrs
+
+from ..errors import InvalidArgument, StateError
+
+CONFIG_FILE = "config.json"
+CONTROL_SOCKET = "control.sock"
+PID_FILE = "daemon.pid"
+LOG_FILE = "daemon.log"
+
+DEFAULT_BEACON_PORT = 9000
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def resolve_home(home: str | None = None) -> str:
+    """The home directory to use: the argument, else $PILOT_HOME, else ~/.pilot."""
+    home = home or os.environ.get("PILOT_HOME") or os.path.join(os.path.expanduser("~"), ".pilot")
+    return os.path.abspath(home)
+
+
+def check_hostname(name: str) -> str:
+    """Return ``name`` if it is a valid pilot hostname, else raise InvalidArgument."""
+    if not isinstance(name, str) or not _HOSTNAME.match(name):
+        raise InvalidArgument(
+            f"invalid hostname {name!r}",
+            hint="Use 1-63 lower-case letters, digits and '-', not starting or ending with '-'.",
+        )
+    return name
+
+
+def parse_hostport(text: str, default_port: int = DEFAULT_BEACON_PORT) -> tuple[str, int]:
+    """Parse ``HOST[:PORT]`` or ``[V6]:PORT``; raise InvalidArgument if malformed."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidArgument("empty address", hint="Give HOST:PORT, for example 127.0.0.1:9000")
+    text = text.strip()
+    host, port = text, str(default_port)
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise InvalidArgument(f"bad address {text!r}", hint="Write IPv6 addresses as [::1]:9000")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise InvalidArgument(f"bad address {text!r}", hint="Write IPv6 addresses as [::1]:9000")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif text.count(":") > 1:
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise InvalidArgument(f"bad address {text!r}", hint="Write IPv6 addresses as [::1]:9000") from None
+    if not host:
+        raise InvalidArgument(f"missing host in {text!r}", hint="Give HOST:PORT, for example 127.0.0.1:9000")
+    if not port.isdigit() or not (1 <= int(port) <= 65535):
+        raise InvalidArgument(f"bad port in {text!r}", hint="A port is a number from 1 to 65535.")
+    return host, int(port)
+
+
+@attrs.define
+class NodeConfig:
+    hostname: str | None = None
+    beacon: str | None = None
+    public: bool = False
+    port: int = 0
+
+    def validate(self) -> "NodeConfig":
+        if self.hostname is not None:
+            check_hostname(self.hostname)
+        if self.beacon is not None:
+            parse_hostport(self.beacon)
+        if not isinstance(self.port, int) or not (0 <= self.port <= 65535):
+            raise InvalidArgument(f"bad UDP port {self.port!r}")
+        return self
+
+    def merged(self, **overrides) -> "NodeConfig":
+        """A copy with every non-None override applied."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return attrs.evolve(self, **changes).validate()
+
+    @classmethod
+    def load(cls, home: str) -> "NodeConfig":
+        path = os.path.join(home, CONFIG_FILE)
+        if not os.path.exists(path):
+            return cls()
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+            fields = {a.name for a in attrs.fields(cls)}
+            return cls(**{k: v for k, v in doc.items() if k in fields}).validate()
+        except (OSError, ValueError, TypeError) as e:
+            raise StateError(f"config file {path} cannot be used ({e})") from None
+
+    def save(self, home: str) -> None:
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        path = os.path.join(home, CONFIG_FILE)
+        tmp = path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(attrs.asdict(self), f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            raise StateError(f"cannot write {path}: {e.strerror}", hint="Check free disk space and permissions.") from None

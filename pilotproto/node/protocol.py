@@ -1,0 +1,48 @@
+"""
+The node's one UDP socket.  It sorts datagrams by their first byte and hands
+them on; anything it cannot place is counted and dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from ..wire import DecodeError, Endpoint
+from ..wire import beacon as msgs
+
+
+class NodeDatagramProtocol(DatagramProtocol):
+    log = Logger()
+
+    def __init__(self, node):
+        self.node = node
+        self.counters: collections.Counter = collections.Counter()
+
+    def send(self, data: bytes, destination: Endpoint) -> None:
+        if self.transport is None:
+            return
+        try:
+            self.transport.write(data, destination.as_tuple())
+        except OSError as e:
+            # A full socket buffer or an unreachable network is a lost
+            # datagram, which every sender here already retries.
+            self.counters["send_errors"] += 1
+            self.log.debug("send to {dst} failed: {err}", dst=str(destination), err=e)
+
+    def datagramReceived(self, data, addr):
+        self.counters["datagrams"] += 1
+        source = Endpoint(addr[0], addr[1])
+        try:
+            if data[:1] == bytes([msgs.KIND]):
+                if not self.node.beacon_message_received(msgs.decode(data), source):
+                    self.counters["dropped_unsolicited"] += 1
+            else:
+                self.counters["dropped_unknown_kind"] += 1
+        except DecodeError:
+            self.counters["dropped_malformed"] += 1
+        except Exception:
+            self.counters["internal_errors"] += 1
+            self.log.failure("node failed to handle a datagram from {src}", src=str(source))

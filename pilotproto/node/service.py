@@ -1,0 +1,224 @@
+"""
+``PilotNode``: a pilot node as a Twisted service.
+
+Add it to any ``MultiService`` (``twistd pilot node`` is a thin wrapper
+around it).  It owns the node's identity, its UDP socket, the machine that
+keeps it registered with the beacon, and, unless told otherwise, the local
+control socket that ``pilotctl`` and other-language SDKs talk to.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import time
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .. import __version__
+from ..errors import InvalidArgument, NotFound, PilotError, Unavailable
+from ..identity import Address, load_or_create
+from ..wire import Endpoint
+from ..wire import beacon as msgs
+from .beacon_client import BeaconClient, SeqCounter
+from .config import CONTROL_SOCKET, NodeConfig, parse_hostport, resolve_home
+from .protocol import NodeDatagramProtocol
+from .requests import BeaconRequests
+
+
+class PilotNode(service.MultiService):
+    log = Logger()
+
+    def __init__(
+        self,
+        home: str | None = None,
+        hostname: str | None = None,
+        beacon: str | None = None,
+        public: bool | None = None,
+        port: int | None = None,
+        reactor=None,
+        control_socket: bool = True,
+        on_shutdown=None,
+    ):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.home = resolve_home(home)
+        self.config = NodeConfig.load(self.home).merged(hostname=hostname, beacon=beacon, public=public, port=port)
+        if not self.config.hostname:
+            raise InvalidArgument("the node needs a hostname", hint="Pass --hostname NAME, or run: pilotctl init --hostname NAME")
+        if not self.config.beacon:
+            raise InvalidArgument("the node needs a beacon address", hint="Pass --beacon HOST:PORT")
+        self.identity = load_or_create(self.home)
+        self._beacon_hostport = parse_hostport(self.config.beacon)
+        self.beacon_endpoint: Endpoint | None = None
+        self._control_enabled = control_socket
+        self._on_shutdown = on_shutdown
+        self._control_port = None
+        self._udp_port = None
+        self._started_at = None
+        self._registered_waiters: list[defer.Deferred] = []
+        self.protocol = NodeDatagramProtocol(self)
+        self.seq = SeqCounter(reactor)
+        self.beacon_client = BeaconClient(
+            reactor,
+            self.identity,
+            self._send_to_beacon,
+            self.config.hostname,
+            public=self.config.public,
+            seq=self.seq,
+            on_registered=self._registered,
+        )
+        self.requests = BeaconRequests(reactor, self.identity, self._send_to_beacon, self.seq)
+
+    # -- identity ------------------------------------------------------------
+
+    @property
+    def hostname(self) -> str:
+        return self.config.hostname
+
+    @property
+    def address(self) -> Address:
+        return self.identity.address
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._started_at = time.time()
+        self._udp_port = self.reactor.listenUDP(self.config.port, self.protocol)
+        if self._control_enabled:
+            from ..control.server import listen_control_socket
+
+            self._control_port = listen_control_socket(self.reactor, os.path.join(self.home, CONTROL_SOCKET), self)
+        self.log.info(
+            "pilot node {name} ({address}) on UDP {local}, beacon {beacon}",
+            name=self.hostname,
+            address=str(self.address),
+            local=str(self.local_endpoint),
+            beacon=self.config.beacon,
+        )
+        d = self._resolve_beacon()
+        d.addCallback(self._beacon_resolved)
+        d.addErrback(lambda f: self.log.failure("cannot start talking to the beacon", f))
+
+    def _resolve_beacon(self) -> defer.Deferred:
+        host, port = self._beacon_hostport
+        try:
+            ipaddress.ip_address(host)
+            return defer.succeed(Endpoint(host, port))
+        except ValueError:
+            pass
+        d = defer.maybeDeferred(self.reactor.resolve, host)
+        d.addCallback(lambda ip: Endpoint(ip, port))
+        return d
+
+    def _beacon_resolved(self, endpoint):
+        self.beacon_endpoint = endpoint
+        if self.running:
+            self.beacon_client.start()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        self.beacon_client.stop()
+        self.requests.cancel_all()
+        if self._control_port is not None:
+            yield defer.maybeDeferred(self._control_port.stopListening)
+            self._control_port = None
+        if self._udp_port is not None:
+            yield defer.maybeDeferred(self._udp_port.stopListening)
+            self._udp_port = None
+        for waiter in self._registered_waiters:
+            waiter.errback(Unavailable("the node stopped before it registered"))
+        self._registered_waiters = []
+        yield super().stopService()
+
+    # -- the beacon ----------------------------------------------------------------
+
+    def _send_to_beacon(self, data: bytes) -> None:
+        if self.beacon_endpoint is not None:
+            self.protocol.send(data, self.beacon_endpoint)
+
+    def beacon_message_received(self, msg, source: Endpoint) -> bool:
+        if source != self.beacon_endpoint:
+            return False
+        return self.requests.message_received(msg) or self.beacon_client.message_received(msg)
+
+    def _registered(self, observed):
+        waiters, self._registered_waiters = self._registered_waiters, []
+        for waiter in waiters:
+            waiter.callback(observed)
+
+    def when_registered(self) -> defer.Deferred:
+        """A Deferred that fires with our public endpoint once we are registered."""
+        if self.beacon_client.registered:
+            return defer.succeed(self.beacon_client.observed)
+        d = defer.Deferred()
+        self._registered_waiters.append(d)
+        return d
+
+    @property
+    def local_endpoint(self) -> Endpoint | None:
+        if self._udp_port is None:
+            return None
+        host = self._udp_port.getHost()
+        return Endpoint(host.host, host.port)
+
+    @property
+    def reflexive_endpoint(self) -> Endpoint | None:
+        return self.beacon_client.observed
+
+    def lookup(self, target: str) -> defer.Deferred:
+        """Find a node by hostname or address; fires with a dict (see ``ctl_lookup``)."""
+        d = self.requests.lookup(target)
+
+        def describe(result: msgs.LookupResult):
+            return {
+                "hostname": result.hostname,
+                "address": str(Address.from_bytes(result.address)),
+                "public_key": base64.b64encode(result.public_key).decode(),
+                "endpoints": [str(e) for e in result.endpoints],
+                "public": bool(result.flags & msgs.FLAG_PUBLIC),
+            }
+
+        def not_found(failure):
+            failure.trap(NotFound)
+            raise NotFound(f"no node {target!r} is visible to this node", hint=NotFound.hint)
+
+        return d.addCallbacks(describe, not_found)
+
+    # -- control socket commands ---------------------------------------------------
+
+    def ctl_info(self):
+        return {
+            "hostname": self.hostname,
+            "address": str(self.address),
+            "public_key": base64.b64encode(self.identity.public_key).decode(),
+            "public": self.config.public,
+            "beacon": self.config.beacon,
+            "registered": self.beacon_client.registered,
+            "reflexive_endpoint": str(self.reflexive_endpoint) if self.reflexive_endpoint else None,
+            "local_endpoint": str(self.local_endpoint) if self.local_endpoint else None,
+            "nat_type": "unknown",
+            "beacon_error": self.beacon_client.last_error,
+            "uptime_s": round(time.time() - self._started_at, 3) if self._started_at else 0.0,
+            "pid": os.getpid(),
+            "home": self.home,
+            "version": __version__,
+        }
+
+    def ctl_lookup(self, target):
+        return self.lookup(target)
+
+    def ctl_shutdown(self):
+        stop = self._on_shutdown if self._on_shutdown is not None else self.stopService
+        # Answer first, then stop: the caller wants to hear that we heard.
+        self.reactor.callLater(0.05, stop)
+        return {"stopping": True, "pid": os.getpid()}
+
+
+__all__ = ["PilotNode", "PilotError"]

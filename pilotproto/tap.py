@@ -1,0 +1,87 @@
+"""
+``twistd pilot``: run a pilot node or a beacon.
+
+    twistd -n pilot beacon --port 9000 [--alt-port 9001] [--interface IP]
+    twistd -n pilot node --hostname NAME --beacon HOST:PORT [--public] [--home DIR]
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.python import usage
+
+from .errors import PilotError
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not (0 <= int(value) <= 65535):
+        raise usage.UsageError(f"not a port number: {value!r}")
+    return int(value)
+
+
+class BeaconOptions(usage.Options):
+    synopsis = "[--port 9000] [--alt-port 9001] [--interface IP] [--alt-address IP]"
+    longdesc = "Run a beacon: registry, STUN and rendezvous for pilot nodes."
+    optParameters = [
+        ["port", "p", 9000, "UDP port for registration, lookups and STUN.", _port],
+        ["alt-port", None, None, "A second UDP port answering STUN (NAT behaviour discovery).", _port],
+        ["interface", "i", "0.0.0.0", "Address to listen on."],
+        ["alt-address", None, None, "A second address of this host, for NAT behaviour discovery."],
+    ]
+
+
+class NodeOptions(usage.Options):
+    synopsis = "--hostname NAME --beacon HOST:PORT [--public] [--home DIR] [--port UDPPORT]"
+    longdesc = "Run a pilot node (the daemon behind pilotctl)."
+    optFlags = [
+        ["public", None, "Let any node look this one up (connecting still needs trust)."],
+    ]
+    optParameters = [
+        ["home", None, None, "The node's home directory (default $PILOT_HOME or ~/.pilot)."],
+        ["hostname", None, None, "The name to register under."],
+        ["beacon", "b", None, "The beacon's HOST:PORT."],
+        ["port", "p", None, "Local UDP port (default: from config, else any).", _port],
+    ]
+
+
+class Options(usage.Options):
+    synopsis = "beacon|node [options]"
+    subCommands = [
+        ["beacon", None, BeaconOptions, "Run a beacon."],
+        ["node", None, NodeOptions, "Run a pilot node."],
+    ]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("say which: 'twistd pilot beacon' or 'twistd pilot node'")
+
+
+def makeService(options, reactor=None) -> service.IService:
+    if reactor is None:
+        from twisted.internet import reactor
+    sub = options.subOptions
+    if options.subCommand == "beacon":
+        from .beacon.service import BeaconService
+
+        return BeaconService(
+            reactor,
+            interface=sub["interface"],
+            port=sub["port"],
+            alt_port=sub["alt-port"],
+            alt_address=sub["alt-address"],
+        )
+    from .node.service import PilotNode
+
+    try:
+        return PilotNode(
+            home=sub["home"],
+            hostname=sub["hostname"],
+            beacon=sub["beacon"],
+            public=True if sub["public"] else None,
+            port=sub["port"],
+            reactor=reactor,
+            on_shutdown=reactor.stop,
+        )
+    except PilotError as e:
+        hint = f" ({e.hint})" if e.hint else ""
+        raise usage.UsageError(f"{e.message}{hint}") from None

@@ -1,0 +1,343 @@
+"""
+Messages between a node and its beacon (first byte 0xB0).
+
+Every message starts with the same 11-byte header::
+
+    kind (0xB0) | version (1) | type (u8) | request_id (u64)
+
+A reply echoes the request's ``request_id`` so that an off-path attacker
+cannot inject answers without guessing 64 random bits.
+
+Requests from a node that the beacon must attribute to a key (everything but
+``Hello``) are *signed*: after the header come the node's Ed25519 public key
+(32 bytes) and a sequence number (u64), then the message body, then a 64-byte
+Ed25519 signature over ``SIGNING_CONTEXT`` followed by every byte before the
+signature.  ``Register`` proves freshness with a nonce the beacon issued in
+a ``Challenge``; every other signed request with a sequence number the
+beacon has not seen from that key (see :mod:`pilotproto.beacon.registry`).
+
+Encoding is pure; :func:`decode` raises only :class:`DecodeError`.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .codec import DecodeError, Endpoint, Reader, Writer
+
+KIND = 0xB0
+VERSION = 1
+HEADER_SIZE = 11
+SIGNING_CONTEXT = b"pilotproto beacon request v1\x00"
+NONCE_SIZE = 32
+KEY_SIZE = 32
+SIG_SIZE = 64
+
+#: A Hello is padded to at least this size so that the Challenge it earns is
+#: smaller than it: the beacon never amplifies an unauthenticated request.
+HELLO_MIN_SIZE = 128
+
+FLAG_PUBLIC = 0x01
+
+_TYPES: dict[int, type] = {}
+
+
+def _message(type_code: int, signed: bool = False):
+    """Class decorator: register a message type and mark it signed or not."""
+
+    def deco(cls):
+        cls.TYPE = type_code
+        cls.SIGNED = signed
+        _TYPES[type_code] = cls
+        return cls
+
+    return deco
+
+
+# --- unauthenticated ----------------------------------------------------
+
+
+@_message(1)
+@attrs.frozen
+class Hello:
+    """node -> beacon: "tell me who I am and give me a nonce to sign"."""
+
+    request_id: int
+    padding: int = HELLO_MIN_SIZE - HEADER_SIZE - 2
+
+    def write_body(self, w: Writer) -> None:
+        w.u16(self.padding).raw(b"\x00" * self.padding)
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        n = r.u16()
+        pad = r.take(n)
+        if pad.count(0) != n:
+            raise DecodeError("hello padding must be zero")
+        return cls(padding=n, **kw)
+
+
+@_message(2)
+@attrs.frozen
+class Challenge:
+    """beacon -> node: a nonce to sign, and the address the beacon saw."""
+
+    request_id: int
+    nonce: bytes
+    observed: Endpoint
+
+    def write_body(self, w: Writer) -> None:
+        w.raw(self.nonce).endpoint(self.observed)
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        return cls(nonce=r.take(NONCE_SIZE), observed=r.endpoint(), **kw)
+
+
+@_message(15)
+@attrs.frozen
+class Error:
+    """beacon -> node: the request was refused; ``code`` is a PilotError code."""
+
+    request_id: int
+    code: str
+    message: str
+
+    def write_body(self, w: Writer) -> None:
+        w.text8(self.code).text8(self.message)
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        return cls(code=r.text8(), message=r.text8(), **kw)
+
+
+# --- signed requests ------------------------------------------------------
+
+
+@_message(3, signed=True)
+@attrs.frozen
+class Register:
+    """node -> beacon: claim ``hostname`` for my key at the source address."""
+
+    request_id: int
+    nonce: bytes
+    hostname: str
+    flags: int = 0
+    lan_endpoints: tuple = ()
+    public_key: bytes = b"\x00" * KEY_SIZE
+    seq: int = 0
+    signature: bytes = attrs.field(default=b"\x00" * SIG_SIZE, repr=False)
+
+    def write_body(self, w: Writer) -> None:
+        w.raw(self.nonce).text8(self.hostname).u8(self.flags).endpoints(self.lan_endpoints)
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        return cls(
+            nonce=r.take(NONCE_SIZE),
+            hostname=r.text8(),
+            flags=r.u8(),
+            lan_endpoints=r.endpoints(),
+            **kw,
+        )
+
+
+@_message(5, signed=True)
+@attrs.frozen
+class Keepalive:
+    """node -> beacon: I am still here (also refreshes the NAT mapping)."""
+
+    request_id: int
+    public_key: bytes = b"\x00" * KEY_SIZE
+    seq: int = 0
+    signature: bytes = attrs.field(default=b"\x00" * SIG_SIZE, repr=False)
+
+    def write_body(self, w: Writer) -> None:
+        pass
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        return cls(**kw)
+
+
+@_message(7, signed=True)
+@attrs.frozen
+class Lookup:
+    """node -> beacon: who is ``target`` (a hostname or an 8-byte address)?"""
+
+    request_id: int
+    by_address: bool
+    target: bytes
+    public_key: bytes = b"\x00" * KEY_SIZE
+    seq: int = 0
+    signature: bytes = attrs.field(default=b"\x00" * SIG_SIZE, repr=False)
+
+    def write_body(self, w: Writer) -> None:
+        w.u8(1 if self.by_address else 0).blob8(self.target)
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        by_address = r.u8()
+        if by_address not in (0, 1):
+            raise DecodeError("bad lookup kind")
+        return cls(by_address=bool(by_address), target=r.blob8(), **kw)
+
+
+@_message(9, signed=True)
+@attrs.frozen
+class Unregister:
+    """node -> beacon: I am going away; forget my endpoint now."""
+
+    request_id: int
+    public_key: bytes = b"\x00" * KEY_SIZE
+    seq: int = 0
+    signature: bytes = attrs.field(default=b"\x00" * SIG_SIZE, repr=False)
+
+    def write_body(self, w: Writer) -> None:
+        pass
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        return cls(**kw)
+
+
+# --- replies to signed requests -----------------------------------------
+
+
+@_message(4)
+@attrs.frozen
+class Registered:
+    """beacon -> node: you are registered; keep alive every N seconds."""
+
+    request_id: int
+    address: bytes
+    observed: Endpoint
+    keepalive_interval: int
+    ttl: int
+
+    def write_body(self, w: Writer) -> None:
+        w.raw(self.address).endpoint(self.observed).u16(self.keepalive_interval).u16(self.ttl)
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        return cls(address=r.take(8), observed=r.endpoint(), keepalive_interval=r.u16(), ttl=r.u16(), **kw)
+
+
+@_message(6)
+@attrs.frozen
+class KeepaliveAck:
+    """beacon -> node: still registered, and this is the address I saw."""
+
+    request_id: int
+    observed: Endpoint
+
+    def write_body(self, w: Writer) -> None:
+        w.endpoint(self.observed)
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        return cls(observed=r.endpoint(), **kw)
+
+
+@_message(8)
+@attrs.frozen
+class LookupResult:
+    """beacon -> node: the node asked about, as registered."""
+
+    request_id: int
+    hostname: str
+    address: bytes
+    public_key: bytes
+    flags: int
+    endpoints: tuple
+
+    def write_body(self, w: Writer) -> None:
+        w.text8(self.hostname).raw(self.address).raw(self.public_key).u8(self.flags).endpoints(self.endpoints)
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        return cls(
+            hostname=r.text8(),
+            address=r.take(8),
+            public_key=r.take(KEY_SIZE),
+            flags=r.u8(),
+            endpoints=r.endpoints(),
+            **kw,
+        )
+
+
+@_message(10)
+@attrs.frozen
+class Ok:
+    """beacon -> node: done."""
+
+    request_id: int
+
+    def write_body(self, w: Writer) -> None:
+        pass
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        return cls(**kw)
+
+
+# --- codec ------------------------------------------------------------------
+
+
+def _encode_unsigned_part(msg) -> bytes:
+    w = Writer().u8(KIND).u8(VERSION).u8(msg.TYPE).u64(msg.request_id)
+    if msg.SIGNED:
+        if len(msg.public_key) != KEY_SIZE:
+            raise ValueError("public key must be 32 bytes")
+        w.raw(msg.public_key).u64(msg.seq)
+    msg.write_body(w)
+    return w.bytes()
+
+
+def signed_bytes(msg) -> bytes:
+    """The exact bytes a signed request's signature covers."""
+    return SIGNING_CONTEXT + _encode_unsigned_part(msg)
+
+
+def sign(msg, identity, seq: int):
+    """Return ``msg`` with ``identity``'s key, ``seq`` and signature filled in."""
+    msg = attrs.evolve(msg, public_key=identity.public_key, seq=seq)
+    return attrs.evolve(msg, signature=identity.sign(signed_bytes(msg)))
+
+
+def encode(msg) -> bytes:
+    data = _encode_unsigned_part(msg)
+    if msg.SIGNED:
+        if len(msg.signature) != SIG_SIZE:
+            raise ValueError("signature must be 64 bytes")
+        data += msg.signature
+    return data
+
+
+def decode(data: bytes):
+    """Decode one beacon message; raise DecodeError for anything malformed."""
+    r = Reader(data)
+    if r.u8() != KIND:
+        raise DecodeError("not a beacon message")
+    version = r.u8()
+    if version != VERSION:
+        raise DecodeError(f"unsupported beacon protocol version {version}")
+    type_code = r.u8()
+    cls = _TYPES.get(type_code)
+    if cls is None:
+        raise DecodeError(f"unknown beacon message type {type_code}")
+    kw = {"request_id": r.u64()}
+    if cls.SIGNED:
+        kw["public_key"] = r.take(KEY_SIZE)
+        kw["seq"] = r.u64()
+        body = Reader(r.take(r.remaining() - SIG_SIZE) if r.remaining() >= SIG_SIZE else r.take(SIG_SIZE))
+        kw["signature"] = r.take(SIG_SIZE)
+        msg = cls.read_body(body, **kw)
+        body.end()
+    else:
+        msg = cls.read_body(r, **kw)
+    r.end()
+    return msg
+
+
+MESSAGE_TYPES = tuple(_TYPES.values())
