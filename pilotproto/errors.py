@@ -115,6 +115,12 @@ class PermissionDenied(PilotError):
     code = "permission_denied"
 
 
+class Interrupted(PilotError):
+    """Interrupted."""
+
+    code = "interrupted"
+
+
 class ProtocolError(PilotError):
     """The peer broke the protocol."""
 
@@ -135,6 +141,7 @@ _BY_CODE = {
         Refused,
         StateError,
         PermissionDenied,
+        Interrupted,
         ProtocolError,
     ]
 }

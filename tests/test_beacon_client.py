@@ -132,7 +132,7 @@ def test_stop_unregisters_and_ignores_late_replies(clock):
     assert link.sent[-1] == "Unregister"
     assert link.server.registry.find_by_name("agent-a") is None
     clock.advance(100)
-    client.message_received(msgs.Challenge(1, b"\0" * 32, NODE_EP))
+    client.message_received(msgs.Challenge(1, b"\0" * 32, b"\0" * 32, NODE_EP))
     assert link.sent[-1] == "Unregister"
     assert not clock.getDelayedCalls()
 

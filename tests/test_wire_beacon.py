@@ -20,7 +20,7 @@ sig = st.binary(min_size=64, max_size=64)
 
 messages = st.one_of(
     st.builds(msgs.Hello, u64, st.integers(0, 300)),
-    st.builds(msgs.Challenge, u64, st.binary(min_size=32, max_size=32), endpoints),
+    st.builds(msgs.Challenge, u64, st.binary(min_size=32, max_size=32), key, endpoints),
     st.builds(msgs.Error, u64, short_text, short_text),
     st.builds(
         msgs.Register,
@@ -99,7 +99,7 @@ def test_signature_covers_every_byte():
 
 def test_hello_is_padded_so_the_challenge_is_smaller():
     hello = msgs.encode(msgs.Hello(1))
-    challenge = msgs.encode(msgs.Challenge(1, os.urandom(32), Endpoint("2001:db8::1", 65535)))
+    challenge = msgs.encode(msgs.Challenge(1, os.urandom(32), os.urandom(32), Endpoint("2001:db8::1", 65535)))
     assert len(hello) == msgs.HELLO_MIN_SIZE
     assert len(challenge) <= len(hello)
 

@@ -23,6 +23,7 @@ import attrs
 
 from ..errors import NameTaken, Refused
 from ..identity import Address
+from ..tunnel.replay import ReplayWindow
 from ..wire.codec import Endpoint
 
 DEFAULT_TTL = 30
@@ -41,6 +42,9 @@ class Record:
     last_seen: float
     max_seq: int = 0
     seen_seqs: set = attrs.field(factory=set)
+    #: key this node tags relay frames with, shared with this beacon process
+    relay_key: bytes | None = attrs.field(default=None, repr=False)
+    relay_window: ReplayWindow = attrs.field(factory=ReplayWindow, repr=False)
 
     def endpoints(self) -> tuple:
         return (self.endpoint,) + tuple(e for e in self.lan_endpoints if e != self.endpoint)
@@ -99,6 +103,7 @@ class Registry:
         )
         if old is not None:
             record.max_seq, record.seen_seqs = old.max_seq, old.seen_seqs
+            record.relay_window = old.relay_window
         record.accept_seq(seq)
         self._by_key[public_key] = record
         self._by_name[hostname] = public_key

@@ -15,14 +15,18 @@ Binding responses, whose size RFC 8489 fixes.
 from __future__ import annotations
 
 import collections
+import os
+
+from nacl.bindings import crypto_scalarmult_base
 
 from twisted.logger import Logger
 
 from ..errors import InvalidArgument, PilotError
-from ..identity import Address, verify_signature
+from ..identity import Address, verify_signature, x25519_from_ed25519_public
 from ..node.config import check_hostname
 from ..wire import DecodeError, Endpoint, is_stun
 from ..wire import beacon as msgs
+from ..wire import relay
 from ..wire import stun
 from .nonces import NonceIssuer
 from .registry import DEFAULT_TTL, Registry
@@ -50,6 +54,9 @@ class BeaconServer:
         #: the beacon's other address/port, announced in STUN OTHER-ADDRESS
         self.other_address = other_address
         self.counters: collections.Counter = collections.Counter()
+        # Per process, like the nonce secret: a restart re-keys every relay.
+        self._relay_private = os.urandom(32)
+        self.relay_public = crypto_scalarmult_base(self._relay_private)
 
     # -- entry point -----------------------------------------------------
 
@@ -60,6 +67,8 @@ class BeaconServer:
                 return self._stun(data, source, local)
             if data[:1] == bytes([msgs.KIND]):
                 return self._beacon_message(data, source)
+            if data[:1] == bytes([relay.KIND_TO_BEACON]):
+                return self._relay(data, source)
             self.counters["dropped_unknown_kind"] += 1
             return []
         except DecodeError:
@@ -114,7 +123,7 @@ class BeaconServer:
         return self._unauthenticated_reply(reply, request_size, source)
 
     def _rx_Hello(self, msg, source, size):
-        reply = msgs.Challenge(msg.request_id, self.nonces.issue(source), source)
+        reply = msgs.Challenge(msg.request_id, self.nonces.issue(source), self.relay_public, source)
         return self._unauthenticated_reply(reply, size, source)
 
     def _signature_ok(self, msg) -> bool:
@@ -142,6 +151,13 @@ class BeaconServer:
             )
         except PilotError as e:
             return self._error(msg, e.code, e.message, source, size)
+        try:
+            record.relay_key = relay.relay_key(
+                self._relay_private, x25519_from_ed25519_public(msg.public_key), msg.public_key, self.relay_public
+            )
+        except Exception:
+            # A key that is not a valid curve point cannot use the relay.
+            record.relay_key = None
         self.log.info(
             "registered {name} ({address}) at {endpoint}",
             name=record.hostname,
@@ -207,6 +223,34 @@ class BeaconServer:
             target.endpoints(),
         )
         return [(msgs.encode(reply), source)]
+
+    # -- relay -------------------------------------------------------------
+
+    def _relay(self, data, source):
+        frame = relay.decode_to_beacon(data)
+        sender = self.registry.find_by_address(Address.from_bytes(frame.sender))
+        if sender is None or sender.relay_key is None:
+            self.counters["relay_dropped_unknown_sender"] += 1
+            return []
+        if not relay.tag_ok(sender.relay_key, frame):
+            self.counters["relay_dropped_bad_tag"] += 1
+            return []
+        if not sender.relay_window.accept(frame.counter):
+            self.counters["relay_dropped_replay"] += 1
+            return []
+        self.registry.touch(sender, source)
+        destination = self.registry.find_by_address(Address.from_bytes(frame.destination))
+        if destination is None or not self.relay_allowed(sender, destination):
+            self.counters["relay_dropped_no_destination"] += 1
+            return []
+        self.counters["relayed_frames"] += 1
+        self.counters["relayed_bytes"] += len(frame.payload)
+        out = relay.encode_from_beacon(relay.RelayFromBeacon(frame.sender, frame.payload))
+        return [(out, destination.endpoint)]
+
+    def relay_allowed(self, sender, destination) -> bool:
+        """Carry frames only to nodes that would let the sender find them."""
+        return self.visible(destination, sender)
 
     def visible(self, target, requester) -> bool:
         """May ``requester`` learn where ``target`` is?  Private by default."""

@@ -75,6 +75,7 @@ class BeaconClient:
         self.keepalive_interval = 5.0
         self.ttl = 30.0
         self.observed = None
+        self.beacon_key = None
         self.registered_until = None
         self.last_error = None
 
@@ -192,6 +193,7 @@ class BeaconClient:
             self.lan_endpoints,
         )
         self.observed = msg.observed
+        self.beacon_key = msg.beacon_key
         self._write(msgs.sign(request, self._identity, self.seq.next()), "register")
 
     @_machine.output()

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from ..wire import DecodeError, Endpoint
 from ..wire import beacon as msgs
+from ..wire import relay
 
 
 class NodeDatagramProtocol(DatagramProtocol):
@@ -39,6 +40,11 @@ class NodeDatagramProtocol(DatagramProtocol):
             if data[:1] == bytes([msgs.KIND]):
                 if not self.node.beacon_message_received(msgs.decode(data), source):
                     self.counters["dropped_unsolicited"] += 1
+            elif data[:1] == bytes([relay.KIND_FROM_BEACON]):
+                if not self.node.relay_received(relay.decode_from_beacon(data), source):
+                    self.counters["dropped_unsolicited"] += 1
+            elif self.node.tunnel_datagram_received(data, source):
+                pass
             else:
                 self.counters["dropped_unknown_kind"] += 1
         except DecodeError:

@@ -148,6 +148,14 @@ class PilotNode(service.MultiService):
             return False
         return self.requests.message_received(msg) or self.beacon_client.message_received(msg)
 
+    def relay_received(self, frame, source: Endpoint) -> bool:
+        """A tunnel packet relayed by the beacon; False until a session layer takes it."""
+        return False
+
+    def tunnel_datagram_received(self, data: bytes, source: Endpoint) -> bool:
+        """A datagram straight from a peer; False until a session layer takes it."""
+        return False
+
     def _registered(self, observed):
         waiters, self._registered_waiters = self._registered_waiters, []
         for waiter in waiters:

@@ -80,18 +80,19 @@ class Hello:
 @_message(2)
 @attrs.frozen
 class Challenge:
-    """beacon -> node: a nonce to sign, and the address the beacon saw."""
+    """beacon -> node: a nonce to sign, the beacon's relay key, the address it saw."""
 
     request_id: int
     nonce: bytes
+    beacon_key: bytes
     observed: Endpoint
 
     def write_body(self, w: Writer) -> None:
-        w.raw(self.nonce).endpoint(self.observed)
+        w.raw(self.nonce).raw(self.beacon_key).endpoint(self.observed)
 
     @classmethod
     def read_body(cls, r: Reader, **kw):
-        return cls(nonce=r.take(NONCE_SIZE), observed=r.endpoint(), **kw)
+        return cls(nonce=r.take(NONCE_SIZE), beacon_key=r.take(KEY_SIZE), observed=r.endpoint(), **kw)
 
 
 @_message(15)

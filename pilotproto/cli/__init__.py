@@ -1,0 +1,1 @@
+"""``pilotctl``, the command line for a pilot node (see :mod:`pilotproto.cli.main`)."""

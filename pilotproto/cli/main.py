@@ -1,0 +1,319 @@
+"""
+``pilotctl``: the command line over the daemon's control socket.
+
+Every command is a ``run_*`` function returning a result dict and a
+``render_*`` function turning that dict into a few lines for a person.
+``--json`` prints the dict instead, as ``{"status": "ok", "data": ...}``;
+any PilotError becomes ``{"status": "error", "code", "message", "hint"}``.
+Exit codes: 0 success, 1 failure, 2 invalid argument or usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import sys
+import traceback
+
+import attrs
+
+from .. import __version__, identity
+from ..control.client import ControlClient
+from ..errors import InvalidArgument, PilotError
+from ..identity.address import Address
+from ..identity.keys import KEY_FILE
+from ..node.config import NodeConfig, check_hostname, resolve_home
+from . import daemon as daemon_control
+from .output import Output, interrupted, usage_error
+
+
+@attrs.define
+class Context:
+    home: str
+    out: Output
+
+
+class _UsageError(Exception):
+    def __init__(self, message: str, usage: str):
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises on bad usage instead of printing and exiting."""
+
+    def error(self, message):
+        raise _UsageError(message, self.format_usage())
+
+
+# -- init ------------------------------------------------------------------------
+
+
+def run_init(args, ctx: Context) -> dict:
+    check_hostname(args.hostname)
+    config = NodeConfig.load(ctx.home).merged(hostname=args.hostname, beacon=args.beacon, public=args.public)
+    created = not os.path.lexists(os.path.join(ctx.home, KEY_FILE))
+    os.makedirs(ctx.home, mode=0o700, exist_ok=True)
+    me = identity.load_or_create(ctx.home)
+    config.save(ctx.home)
+    return {
+        "home": ctx.home,
+        "address": str(me.address),
+        "public_key": _b64(me.public_key),
+        "hostname": config.hostname,
+        "beacon": config.beacon,
+        "public": config.public,
+        "created": created,
+    }
+
+
+def render_init(data: dict) -> str:
+    verb = "Created" if data["created"] else "Updated"
+    lines = [
+        f"{verb} {data['home']}",
+        f"Address:  {data['address']}",
+        f"Hostname: {data['hostname']}",
+        f"Beacon:   {data['beacon'] or '(none yet: pass --beacon HOST:PORT to daemon start)'}",
+        f"Visible:  {'public (anyone can look it up)' if data['public'] else 'private (only trusted nodes can look it up)'}",
+    ]
+    return "\n".join(lines)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+# -- daemon ----------------------------------------------------------------------
+
+
+def run_daemon_start(args, ctx: Context) -> dict:
+    if args.timeout <= 0:
+        raise InvalidArgument("--timeout must be a positive number of seconds")
+    return daemon_control.start_daemon(
+        ctx.home,
+        hostname=args.hostname,
+        beacon=args.beacon,
+        public=args.public,
+        port=args.port,
+        timeout=args.timeout,
+    )
+
+
+def render_daemon_start(data: dict) -> str:
+    endpoint = data.get("reflexive_endpoint")
+    lines = [
+        f"STUN: public endpoint {endpoint}" if endpoint else "STUN: no public endpoint discovered (yet)",
+        f"NAT type: {data.get('nat_type') or 'unknown'}",
+        f"Registered as {data.get('hostname')} ({data.get('address')})",
+    ]
+    return "\n".join(lines)
+
+
+def run_daemon_stop(args, ctx: Context) -> dict:
+    if args.timeout <= 0:
+        raise InvalidArgument("--timeout must be a positive number of seconds")
+    return daemon_control.stop_daemon(ctx.home, timeout=args.timeout)
+
+
+def render_daemon_stop(data: dict) -> str:
+    how = {"shutdown": "", "sigterm": " with SIGTERM", "sigkill": " with SIGKILL"}.get(data["stopped_by"], "")
+    pid = f" (pid {data['pid']})" if data.get("pid") else ""
+    return f"Daemon stopped{how}{pid}."
+
+
+def run_daemon_status(args, ctx: Context) -> dict:
+    return daemon_control.daemon_status(ctx.home)
+
+
+def render_daemon_status(data: dict) -> str:
+    head = f"Daemon running (pid {data.get('pid')}), up {_duration(data.get('uptime_s'))}"
+    if data.get("registered"):
+        body = f"Registered as {data.get('hostname')} ({data.get('address')}) with beacon {data.get('beacon')}"
+    else:
+        body = f"Not registered yet with beacon {data.get('beacon')}; see {data.get('log')}"
+    return f"{head}\n{body}"
+
+
+def _duration(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# -- info and lookup ---------------------------------------------------------------
+
+
+def run_info(args, ctx: Context) -> dict:
+    return ControlClient(ctx.home).call("info")
+
+
+_INFO_FIELDS = [
+    ("hostname", "Hostname"),
+    ("address", "Address"),
+    ("public", "Public"),
+    ("registered", "Registered"),
+    ("beacon", "Beacon"),
+    ("reflexive_endpoint", "Public endpoint"),
+    ("local_endpoint", "Local endpoint"),
+    ("nat_type", "NAT type"),
+    ("uptime_s", "Uptime"),
+    ("pid", "PID"),
+    ("home", "Home"),
+    ("version", "Version"),
+    ("public_key", "Public key"),
+]
+
+
+def render_info(data: dict) -> str:
+    width = max(len(label) for _, label in _INFO_FIELDS) + 2
+    lines = []
+    for key, label in _INFO_FIELDS:
+        if key not in data:
+            continue
+        value = data[key]
+        if key == "uptime_s":
+            value = _duration(value)
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif value is None:
+            value = "-"
+        lines.append(f"{label + ':':<{width}} {value}")
+    return "\n".join(lines)
+
+
+def check_target(target: str) -> str:
+    """A lookup target is a hostname or an address; say which is wrong early."""
+    if Address.looks_like(target):
+        return str(Address.parse(target))
+    try:
+        return check_hostname(target)
+    except InvalidArgument:
+        raise InvalidArgument(
+            f"{target!r} is neither a hostname nor an address",
+            hint="Give a hostname like agent-b or an address like 0:A91F.0000.7C2E",
+        ) from None
+
+
+def run_lookup(args, ctx: Context) -> dict:
+    return ControlClient(ctx.home).call("lookup", target=check_target(args.target))
+
+
+def render_lookup(data: dict) -> str:
+    visibility = "public" if data.get("public") else "private"
+    endpoints = ", ".join(data.get("endpoints") or []) or "none known"
+    return "\n".join(
+        [
+            f"{data.get('hostname')}  {data.get('address')}  ({visibility})",
+            f"  endpoints:  {endpoints}",
+            f"  public key: {data.get('public_key')}",
+        ]
+    )
+
+
+# -- demo --------------------------------------------------------------------------
+
+
+def run_demo(args, ctx: Context) -> dict:
+    from .demo import run_demo as tour
+
+    return tour(ctx.out, keep=args.keep)
+
+
+# -- parser ------------------------------------------------------------------------
+
+
+def _global_options(parser, suppress: bool) -> None:
+    # On subcommands the defaults are suppressed, so "--json" before the
+    # subcommand is not overwritten by the subparser's default after it.
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--home", metavar="DIR", default=default, help="node home (default $PILOT_HOME or ~/.pilot)")
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS if suppress else False, help="print one JSON object"
+    )
+
+
+def _subcommand(subparsers, name: str, help: str, run, render):
+    parser = subparsers.add_parser(name, help=help, description=help)
+    _global_options(parser, suppress=True)
+    parser.set_defaults(run=run, render=render)
+    return parser
+
+
+def _node_settings(parser) -> None:
+    parser.add_argument("--beacon", metavar="HOST:PORT", help="the beacon to register with")
+    parser.add_argument(
+        "--public",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let anyone look this node up (default: private, or as saved)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pilotctl", description="Control a pilot node: permanent addresses, NAT traversal, trust.")
+    parser.add_argument("--version", action="version", version=f"pilotctl {__version__}")
+    _global_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    init = _subcommand(commands, "init", "create the identity and save settings", run_init, render_init)
+    init.add_argument("--hostname", required=True, metavar="NAME", help="this node's name")
+    _node_settings(init)
+
+    daemon = commands.add_parser("daemon", help="start, stop or check the background daemon")
+    _global_options(daemon, suppress=True)
+    actions = daemon.add_subparsers(dest="action", metavar="ACTION", required=True)
+    start = _subcommand(actions, "start", "start the daemon and wait until it registers", run_daemon_start, render_daemon_start)
+    start.add_argument("--hostname", metavar="NAME", help="this node's name (default: as saved)")
+    _node_settings(start)
+    start.add_argument("--port", type=int, metavar="UDPPORT", help="local UDP port (default: as saved, 0 = any)")
+    start.add_argument("--timeout", type=float, default=daemon_control.DEFAULT_START_TIMEOUT, metavar="S")
+    stop = _subcommand(actions, "stop", "stop the daemon", run_daemon_stop, render_daemon_stop)
+    stop.add_argument("--timeout", type=float, default=daemon_control.DEFAULT_STOP_TIMEOUT, metavar="S")
+    _subcommand(actions, "status", "is the daemon running, and registered?", run_daemon_status, render_daemon_status)
+
+    _subcommand(commands, "info", "this node's address, name, endpoints", run_info, render_info)
+    lookup = _subcommand(commands, "lookup", "ask the beacon about a node", run_lookup, render_lookup)
+    lookup.add_argument("target", metavar="NAME_OR_ADDRESS")
+    demo = _subcommand(commands, "demo", "a two-agent tour on this machine, cleaned up afterwards", run_demo, None)
+    demo.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) afterwards")
+    return parser
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+
+
+def main(argv: list[str] | None = None, stdout=None, stderr=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = Output(_wants_json(argv), stdout or sys.stdout, stderr or sys.stderr)
+    try:
+        try:
+            # argparse prints --help and --version to sys.stdout itself.
+            with contextlib.redirect_stdout(stdout or sys.stdout):
+                args = build_parser().parse_args(argv)
+        except _UsageError as e:
+            return out.failure(usage_error(e.message, e.usage))
+        except SystemExit as e:  # --help and --version
+            return e.code if isinstance(e.code, int) else 0
+        ctx = Context(home=resolve_home(args.home), out=out)
+        data = args.run(args, ctx)
+        return out.success(data, args.render(data) if args.render else None)
+    except PilotError as e:
+        return out.failure(e)
+    except KeyboardInterrupt:
+        return out.failure(interrupted())
+    except Exception as e:
+        out.note(traceback.format_exc().rstrip())
+        return out.failure(PilotError(f"internal error: {e}", hint="This is a bug in pilotctl; please report it with the traceback above."))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
