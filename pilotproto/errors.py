@@ -9,12 +9,20 @@ docstring's first line is the default message.
 
 from __future__ import annotations
 
+#: code -> the most general class that declares it (filled in as classes are defined)
+_BY_CODE: dict[str, type] = {}
+
 
 class PilotError(Exception):
     """Something went wrong in pilotproto."""
 
     code = "internal"
     hint: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            _BY_CODE.setdefault(cls.code, cls)
 
     def __init__(self, message: str | None = None, hint: str | None = None):
         if message is None:
@@ -35,9 +43,13 @@ class PilotError(Exception):
     @classmethod
     def from_dict(cls, data: dict) -> "PilotError":
         """Rebuild the most specific error class for a wire error object."""
-        code = data.get("code", "internal")
-        klass = _BY_CODE.get(code, PilotError)
-        err = klass(data.get("message") or code, data.get("hint"))
+        code = data.get("code") or "internal"
+        message = data.get("message") or code
+        try:
+            err = _BY_CODE.get(code, PilotError)(message, data.get("hint"))
+        except TypeError:
+            # A class with its own constructor: keep the code, lose the type.
+            err = PilotError(message, data.get("hint"))
         err.code = code
         return err
 
@@ -125,23 +137,3 @@ class ProtocolError(PilotError):
     """The peer broke the protocol."""
 
     code = "protocol_error"
-
-
-_BY_CODE = {
-    klass.code: klass
-    for klass in [
-        InvalidArgument,
-        NotFound,
-        NotRunning,
-        AlreadyRunning,
-        Timeout,
-        Unavailable,
-        NameTaken,
-        NotRegistered,
-        Refused,
-        StateError,
-        PermissionDenied,
-        Interrupted,
-        ProtocolError,
-    ]
-}

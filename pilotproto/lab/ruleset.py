@@ -1,0 +1,190 @@
+"""
+nftables rulesets for a site router, one per NAT kind.
+
+Linux conntrack on its own gives a *port-restricted cone*-like NAT: SNAT
+keeps the inside port when it can (so the mapping is mostly
+endpoint-independent) and only packets matching a conntrack entry come back
+in (address-and-port-dependent filtering).  The other kinds are built on top:
+
+* ``symmetric``: ``snat ... fully-random`` picks a fresh random port for every
+  new conntrack, i.e. for every new destination endpoint.
+* the three cone kinds keep their mappings in nftables maps that the
+  packet path itself fills in, right after SNAT has chosen the port
+  (a postrouting chain at ``srcnat + 10`` sees the translated packet and
+  reads the inside endpoint back from ``ct original``):
+
+  - ``mapping_out`` (inside endpoint -> public endpoint) is consulted before
+    conntrack allocates anything, so every flow from one inside endpoint
+    gets the same public port even when conntrack alone would pick another
+    (strict endpoint-independent mapping, also across conntrack expiry);
+  - ``mapping_in`` (public port -> inside endpoint) lets prerouting DNAT an
+    unsolicited packet to the inside host, and marks the port taken so a
+    second inside host using the same port is moved to another one;
+  - the filtering set decides which unsolicited packets get that DNAT:
+    none for full cone, ``port . remote address`` pairs the host has sent to
+    for restricted cone, ``port . remote address . remote port`` triples for
+    port-restricted cone.
+
+  Entries expire after the mapping timeout and are refreshed by every
+  outbound packet (RFC 4787 REQ-6), like a real NAT's bindings.
+
+* ``udp-blocked``: UDP is dropped in forward, TCP is NATed by conntrack.
+* ``none``: the router only routes.
+
+Loss is ``numgen random`` in the forward chain, so it hits each forwarded
+packet in either direction independently.
+"""
+
+from __future__ import annotations
+
+NAT_KINDS = (
+    "none",
+    "full-cone",
+    "restricted-cone",
+    "port-restricted-cone",
+    "symmetric",
+    "udp-blocked",
+)
+CONE_KINDS = ("full-cone", "restricted-cone", "port-restricted-cone")
+
+TABLE = "pilotlab"
+WAN = "wan"
+LOSS_SCALE = 10000
+
+# What an unsolicited inbound packet must match to reach the inside host.
+_FILTER_KEYS = {
+    "full-cone": None,
+    "restricted-cone": ("inet_service . ipv4_addr", "udp sport . ip daddr", "udp dport . ip saddr"),
+    "port-restricted-cone": (
+        "inet_service . ipv4_addr . inet_service",
+        "udp sport . ip daddr . udp dport",
+        "udp dport . ip saddr . udp sport",
+    ),
+}
+
+
+def check_kind(kind: str) -> None:
+    if kind not in NAT_KINDS:
+        raise ValueError(f"unknown NAT kind {kind!r}; choose one of {', '.join(NAT_KINDS)}")
+
+
+def loss_threshold(loss: float) -> int:
+    if not 0.0 <= loss <= 1.0:
+        raise ValueError(f"loss {loss!r} is not a fraction between 0 and 1")
+    return round(loss * LOSS_SCALE)
+
+
+def site_ruleset(kind: str, public_address: str, loss: float = 0.0, mapping_timeout: int = 120) -> str:
+    """The complete ``nft -f`` script that (re)defines a site router's table.
+
+    It deletes any previous version of the table in the same transaction, so
+    applying it again (for a new public address) is atomic and also forgets
+    every learned mapping.
+    """
+    check_kind(kind)
+    threshold = loss_threshold(loss)
+    if mapping_timeout < 1:
+        raise ValueError("mapping_timeout must be at least one second")
+    body: list[str] = []
+    if kind in CONE_KINDS:
+        body += _cone_maps(kind, mapping_timeout)
+        body += _chain("prerouting_nat", "type nat hook prerouting priority dstnat; policy accept;", _cone_inbound(kind, public_address))
+    body += _chain("postrouting_nat", "type nat hook postrouting priority srcnat; policy accept;", _outbound_nat(kind, public_address))
+    if kind in CONE_KINDS:
+        body += _chain("postrouting_learn", "type filter hook postrouting priority srcnat + 10; policy accept;", _cone_learning(kind))
+    body += _chain("forward", "type filter hook forward priority filter; policy accept;", _forward(kind, threshold))
+    lines = [f"table ip {TABLE} {{}}", f"delete table ip {TABLE}", f"table ip {TABLE} {{"]
+    lines += ["    " + line for line in body]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def dynamic_sets(kind: str) -> list[tuple[str, str]]:
+    """("map" or "set", name) of each learned map/set of a kind, which
+    ``flush_nat`` empties."""
+    if kind not in CONE_KINDS:
+        return []
+    names = [("map", "mapping_out"), ("map", "mapping_in")]
+    if _FILTER_KEYS[kind] is not None:
+        names.append(("set", "peers"))
+    return names
+
+
+def _chain(name: str, header: str, rules: list[str]) -> list[str]:
+    return [f"chain {name} {{", f"    {header}"] + [f"    {rule}" for rule in rules] + ["}"]
+
+
+def _cone_maps(kind: str, timeout: int) -> list[str]:
+    flags = f"flags dynamic,timeout; timeout {timeout}s;"
+    maps = [
+        # Declared by type, not typeof: nft 1.0.6 mistypes "ct original
+        # proto-src" inside a typeof concatenation.
+        "map mapping_out { type ipv4_addr . inet_service : ipv4_addr . inet_service; " + flags + " }",
+        "map mapping_in { type inet_service : ipv4_addr . inet_service; " + flags + " }",
+    ]
+    keys = _FILTER_KEYS[kind]
+    if keys is not None:
+        maps.append(f"set peers {{ type {keys[0]}; {flags} }}")
+    return maps
+
+
+def _cone_inbound(kind: str, public_address: str) -> list[str]:
+    match = "udp dport @mapping_in"
+    keys = _FILTER_KEYS[kind]
+    if keys is not None:
+        match = f"{keys[2]} @peers"
+    return [
+        f'iifname "{WAN}" ip daddr {public_address} {match} '
+        "dnat ip addr . port to udp dport map @mapping_in"
+    ]
+
+
+def _outbound_nat(kind: str, public_address: str) -> list[str]:
+    out = f'oifname "{WAN}"'
+    if kind == "none":
+        return []
+    if kind == "symmetric":
+        return [
+            f"{out} meta l4proto {{ tcp, udp }} snat to {public_address}:1024-65535 fully-random",
+            f"{out} snat to {public_address}",
+        ]
+    rules = []
+    if kind in CONE_KINDS:
+        rules += [
+            f"{out} ip saddr . udp sport @mapping_out snat ip addr . port to ip saddr . udp sport map @mapping_out",
+            # The port is another inside endpoint's mapping: take any other one.
+            f"{out} udp sport @mapping_in snat to {public_address}:1024-65535",
+        ]
+    rules.append(f"{out} snat to {public_address}")
+    return rules
+
+
+def _cone_learning(kind: str) -> list[str]:
+    out = f'oifname "{WAN}" meta l4proto udp'
+    rules = [
+        f"{out} ct direction original update @mapping_in {{ udp sport : ct original ip saddr . ct original proto-src }}",
+        f"{out} ct direction original update @mapping_out {{ ct original ip saddr . ct original proto-src : ip saddr . udp sport }}",
+        # Replies on a flow the remote side opened (full/restricted cone DNAT).
+        f"{out} ct direction reply update @mapping_in {{ udp sport : ct reply ip saddr . ct reply proto-src }}",
+        f"{out} ct direction reply update @mapping_out {{ ct reply ip saddr . ct reply proto-src : ip saddr . udp sport }}",
+    ]
+    keys = _FILTER_KEYS[kind]
+    if keys is not None:
+        rules.append(f"{out} update @peers {{ {keys[1]} }}")
+    return rules
+
+
+def _forward(kind: str, threshold: int) -> list[str]:
+    rules = []
+    if threshold:
+        rules.append(f"numgen random mod {LOSS_SCALE} < {threshold} drop")
+    if kind == "none":
+        return rules
+    if kind == "udp-blocked":
+        rules.append("meta l4proto udp drop")
+    rules += [
+        f'iifname "{WAN}" ct state established,related accept',
+        f'iifname "{WAN}" ct status dnat accept',
+        f'iifname "{WAN}" drop',
+    ]
+    return rules

@@ -1,0 +1,239 @@
+"""
+The node's tunnel endpoint: routes every tunnel packet to the right peer.
+
+One :class:`TunnelEndpoint` per node.  It owns the receiver-index table (a
+dict from our random 32-bit index to the peer and session it belongs to, so
+a data packet finds its session in one lookup, with no node address in
+clear), the responder's flood gate, the per-initiator timestamps that refuse
+replayed initiations, and the trust hook.
+
+Responder order of checks, cheapest first, so that work grows only as a
+sender proves more: decode -> mac1 (one BLAKE2s) -> load / cookie gate ->
+Noise decryption (the DH operations) -> signature and key binding -> trust
+-> timestamp.  An untrusted or replayed initiation gets no answer at all, so
+a scanner cannot tell a private node from an absent one; every drop is
+counted in :attr:`TunnelEndpoint.stats`.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import struct
+
+from ..wire import DecodeError
+from ..wire.tunnel import TunnelCookieReply, TunnelData, TunnelInit, TunnelResponse, decode_tunnel_packet
+from .cookie import CookieChecker, Verdict, check_mac1
+from .errors import TunnelError
+from .handshake import HandshakeTimers, PeerTunnel
+from .ik import LocalKeys, consume_initiation, tai64n
+from .record import Limits
+
+_INDEX_ATTEMPTS = 64
+
+
+class IndexTable:
+    """Random 32-bit receiver indices -> ``(peer, session or None)``."""
+
+    def __init__(self, randbytes=os.urandom):
+        self._randbytes = randbytes
+        self._entries: dict[int, tuple[PeerTunnel, object]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def allocate(self, peer) -> int:
+        for _ in range(_INDEX_ATTEMPTS):
+            index = int.from_bytes(self._randbytes(4), "big")
+            if index not in self._entries:
+                self._entries[index] = (peer, None)
+                return index
+        raise TunnelError("could not find a free session index")
+
+    def bind(self, index: int, peer, session) -> None:
+        self._entries[index] = (peer, session)
+
+    def release(self, index: int) -> None:
+        self._entries.pop(index, None)
+
+    def lookup(self, index: int):
+        return self._entries.get(index)
+
+
+class MonotonicTimestamps:
+    """TAI64N timestamps from ``clock`` that never repeat or go backwards."""
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._last = b""
+
+    def __call__(self) -> bytes:
+        stamp = tai64n(self._clock.seconds())
+        if stamp <= self._last:
+            seconds, nanos = struct.unpack("!QI", self._last)
+            nanos += 1
+            if nanos >= 1_000_000_000:
+                seconds, nanos = seconds + 1, 0
+            stamp = struct.pack("!QI", seconds, nanos)
+        self._last = stamp
+        return stamp
+
+
+class TunnelEndpoint:
+    """
+    Every tunnel of one node.
+
+    ``is_trusted(ed25519_public) -> bool`` is asked about every initiator
+    once its identity is proven.  ``send_factory(ed25519_public)`` returns
+    the ``send(packet)`` callable for a peer that initiated to us; without it
+    replies go back through the ``reply`` callable given with the datagram.
+    ``on_data(peer_public, plaintext)``, ``on_up(peer_public)``,
+    ``on_down(peer_public)`` and ``on_authenticated(peer_public, source)``
+    (a packet authenticated from ``source``: the path layer learns roaming
+    endpoints from it) report to the node.
+    """
+
+    def __init__(
+        self,
+        identity,
+        clock,
+        *,
+        is_trusted,
+        send_factory=None,
+        randbytes=os.urandom,
+        on_data=lambda peer, plaintext: None,
+        on_up=lambda peer: None,
+        on_down=lambda peer: None,
+        on_authenticated=lambda peer, source: None,
+        timers: HandshakeTimers = HandshakeTimers(),
+        limits: Limits = Limits(),
+        cookie_options: dict | None = None,
+    ):
+        self.local = LocalKeys.from_identity(identity)
+        self._clock = clock
+        self._is_trusted = is_trusted
+        self._send_factory = send_factory
+        self._randbytes = randbytes
+        self._on_data = on_data
+        self._on_up = on_up
+        self._on_down = on_down
+        self._on_authenticated = on_authenticated
+        self.timers = timers
+        self.limits = limits
+        self.stats: collections.Counter = collections.Counter()
+        self.indices = IndexTable(randbytes)
+        self.timestamps = MonotonicTimestamps(clock)
+        self.gate = CookieChecker(self.local.x25519_public, clock, randbytes=randbytes, **(cookie_options or {}))
+        self.peers: dict[bytes, PeerTunnel] = {}
+        self._greatest_timestamp: dict[bytes, bytes] = {}
+
+    def peer(self, ed25519_public: bytes, send=None) -> PeerTunnel:
+        """The tunnel to ``ed25519_public``, made on first use."""
+        tunnel = self.peers.get(ed25519_public)
+        if tunnel is not None:
+            return tunnel
+        if send is None:
+            if self._send_factory is None:
+                raise ValueError("a new peer tunnel needs a send callable")
+            send = self._send_factory(ed25519_public)
+        tunnel = PeerTunnel(
+            local=self.local,
+            remote_ed25519=ed25519_public,
+            clock=self._clock,
+            send=send,
+            indices=self.indices,
+            randbytes=self._randbytes,
+            timestamps=self.timestamps,
+            on_data=lambda plaintext: self._on_data(ed25519_public, plaintext),
+            on_up=lambda: self._on_up(ed25519_public),
+            on_down=lambda: self._on_down(ed25519_public),
+            timers=self.timers,
+            limits=self.limits,
+            stats=self.stats,
+        )
+        self.peers[ed25519_public] = tunnel
+        return tunnel
+
+    def remove_peer(self, ed25519_public: bytes) -> None:
+        """Tear down and forget the tunnel to a peer (say, on revoke)."""
+        tunnel = self.peers.pop(ed25519_public, None)
+        if tunnel is not None:
+            tunnel.stop()
+
+    def stop(self) -> None:
+        for key in list(self.peers):
+            self.remove_peer(key)
+
+    def datagram_received(self, data: bytes, source: bytes, reply) -> None:
+        """Handle one tunnel packet from ``source`` (opaque bytes naming the sender's address)."""
+        try:
+            packet = decode_tunnel_packet(data)
+        except DecodeError:
+            self.stats["malformed"] += 1
+            return
+        if isinstance(packet, TunnelData):
+            self._data(packet, source)
+        elif isinstance(packet, TunnelInit):
+            self._initiation(packet, data, source, reply)
+        elif isinstance(packet, TunnelResponse):
+            self._response(packet, data)
+        else:
+            self._cookie(packet)
+
+    def _data(self, packet: TunnelData, source: bytes) -> None:
+        entry = self.indices.lookup(packet.receiver_index)
+        if entry is None or entry[1] is None:
+            self.stats["data_unknown_index"] += 1
+            return
+        tunnel, session = entry
+        if tunnel.data_received(session, packet):
+            self._on_authenticated(tunnel.remote_ed25519, source)
+
+    def _initiation(self, packet: TunnelInit, data: bytes, source: bytes, reply) -> None:
+        verdict = self.gate.admit_initiation(data, source)
+        if verdict is Verdict.SEND_COOKIE:
+            self.stats["cookie_sent"] += 1
+            reply(self.gate.make_reply(packet.sender_index, data, source))
+            return
+        if verdict is not Verdict.PROCESS:
+            self.stats[f"init_{verdict.value}"] += 1
+            return
+        self.stats["init_dh"] += 1
+        try:
+            consumed = consume_initiation(self.local, packet)
+        except TunnelError:
+            self.stats["init_invalid"] += 1
+            return
+        initiator = consumed.initiator_ed25519
+        if initiator == self.local.ed25519_public:
+            self.stats["init_from_self"] += 1
+            return
+        if not self._is_trusted(initiator):
+            self.stats["init_untrusted"] += 1
+            return
+        if consumed.timestamp <= self._greatest_timestamp.get(initiator, b""):
+            self.stats["init_replayed"] += 1
+            return
+        self._greatest_timestamp[initiator] = consumed.timestamp
+        tunnel = self.peers.get(initiator)
+        if tunnel is None:
+            tunnel = self.peer(initiator, send=None if self._send_factory else reply)
+        self._on_authenticated(initiator, source)
+        tunnel.initiation_received(consumed)
+
+    def _response(self, packet: TunnelResponse, data: bytes) -> None:
+        if not check_mac1(self.local.x25519_public, data):
+            self.stats["response_bad_mac1"] += 1
+            return
+        entry = self.indices.lookup(packet.receiver_index)
+        if entry is None or entry[1] is not None:
+            self.stats["response_unexpected"] += 1
+            return
+        entry[0].response_received(packet)
+
+    def _cookie(self, packet: TunnelCookieReply) -> None:
+        entry = self.indices.lookup(packet.receiver_index)
+        if entry is None or entry[1] is not None:
+            self.stats["cookie_unexpected"] += 1
+            return
+        entry[0].cookie_received(packet)
