@@ -37,7 +37,9 @@ class Handler:
         if target == "taken":
             return defer.fail(NameTaken())
         if target == "custom":
-            raise _CustomCode()
+            error = PilotError("a code this client has no class for")
+            error.code = "some_future_code"
+            raise error
         d = defer.Deferred()
         reactor.callLater(0.05, d.callback, {"hostname": target})
         return d
@@ -49,10 +51,6 @@ class Handler:
 
     def ctl_args(self, timeout, cmd):
         return {"timeout": timeout, "cmd": cmd}
-
-
-class _CustomCode(PilotError):
-    code = "some_future_code"
 
 
 @pytest.fixture
