@@ -108,6 +108,13 @@ class NotRegistered(PilotError):
     hint = "Wait a moment, and check 'pilotctl info' and the daemon log."
 
 
+class NotTrusted(PilotError):
+    """This node does not trust that peer."""
+
+    code = "not_trusted"
+    hint = "Ask for trust with: pilotctl handshake PEER \"reason\", and wait for the peer to approve."
+
+
 class Refused(PilotError):
     """The request was refused."""
 

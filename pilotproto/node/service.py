@@ -22,11 +22,13 @@ from .. import __version__
 from ..errors import InvalidArgument, NotFound, PilotError, Unavailable
 from ..identity import Address, load_or_create
 from ..wire import Endpoint
+from ..wire import KIND_TUNNEL_DATA, KIND_TUNNEL_INIT, relay
 from ..wire import beacon as msgs
 from .beacon_client import BeaconClient, SeqCounter
 from .config import CONTROL_SOCKET, NodeConfig, parse_hostport, resolve_home
 from .protocol import NodeDatagramProtocol
 from .requests import BeaconRequests
+from .sessions import Sessions
 
 
 class PilotNode(service.MultiService):
@@ -42,6 +44,7 @@ class PilotNode(service.MultiService):
         reactor=None,
         control_socket: bool = True,
         on_shutdown=None,
+        allow_direct: bool = True,
     ):
         super().__init__()
         if reactor is None:
@@ -74,6 +77,18 @@ class PilotNode(service.MultiService):
             on_registered=self._registered,
         )
         self.requests = BeaconRequests(reactor, self.identity, self._send_to_beacon, self.seq)
+        self._relay_key = None
+        # Relay counters start at the clock, like seq, so they keep growing across restarts.
+        self._relay_counter = int(time.time() * 1e9)
+        self.sessions = Sessions(
+            reactor,
+            self.identity,
+            is_trusted=self.is_trusted,
+            send_datagram=self.protocol.send,
+            send_relay=self.send_relay,
+            lookup=self.lookup,
+            allow_direct=allow_direct,
+        )
 
     # -- identity ------------------------------------------------------------
 
@@ -124,6 +139,7 @@ class PilotNode(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        self.sessions.stop()
         self.beacon_client.stop()
         self.requests.cancel_all()
         if self._control_port is not None:
@@ -149,14 +165,37 @@ class PilotNode(service.MultiService):
         return self.requests.message_received(msg) or self.beacon_client.message_received(msg)
 
     def relay_received(self, frame, source: Endpoint) -> bool:
-        """A tunnel packet relayed by the beacon; False until a session layer takes it."""
-        return False
+        """A tunnel packet the beacon relayed from another node."""
+        if source != self.beacon_endpoint:
+            return False
+        self.sessions.relay_received(frame.sender, frame.payload)
+        return True
 
     def tunnel_datagram_received(self, data: bytes, source: Endpoint) -> bool:
-        """A datagram straight from a peer; False until a session layer takes it."""
-        return False
+        """A tunnel packet straight from a peer."""
+        if not data or not (KIND_TUNNEL_INIT <= data[0] <= KIND_TUNNEL_DATA):
+            return False
+        self.sessions.datagram_received(data, source)
+        return True
+
+    def send_relay(self, destination: bytes, payload: bytes) -> None:
+        """Send a tunnel packet to the node at ``destination`` through the beacon."""
+        if self._relay_key is None or self.beacon_endpoint is None:
+            self.protocol.counters["relay_unavailable"] += 1
+            return
+        self._relay_counter += 1
+        frame = relay.seal_to_beacon(self._relay_key, self.address.to_bytes(), destination, self._relay_counter, payload)
+        self.protocol.send(frame, self.beacon_endpoint)
 
     def _registered(self, observed):
+        beacon_key = self.beacon_client.beacon_key
+        try:
+            self._relay_key = relay.relay_key(
+                self.identity.x25519_private(), beacon_key, self.identity.public_key, beacon_key
+            )
+        except PilotError:
+            self.log.error("the beacon sent an unusable relay key; relaying is off")
+            self._relay_key = None
         waiters, self._registered_waiters = self._registered_waiters, []
         for waiter in waiters:
             waiter.callback(observed)
@@ -221,6 +260,37 @@ class PilotNode(service.MultiService):
 
     def ctl_lookup(self, target):
         return self.lookup(target)
+
+    def is_trusted(self, public_key: bytes) -> bool:
+        """Does this node trust ``public_key``?  (Asked by the tunnel responder.)"""
+        trust = getattr(self, "trust", None)
+        return trust is not None and trust.is_trusted(public_key)
+
+    def on_trust_revoked(self, public_key: bytes) -> None:
+        """Trust in a peer ended: its live sessions go within a second."""
+        self.sessions.revoke(public_key)
+
+    def on_trust_established(self, public_key: bytes) -> None:
+        self.sessions.trusted(public_key)
+
+    def ping(self, target: str, count: int = 4, interval: float = 1.0, timeout: float = 2.0, payload: bytes = b""):
+        """Ping a trusted peer over its encrypted session; fires with a summary dict."""
+        if not isinstance(count, int) or not (1 <= count <= 10_000):
+            raise InvalidArgument("count must be a whole number from 1 to 10000")
+        for name, value in (("interval", interval), ("timeout", timeout)):
+            if not isinstance(value, (int, float)) or not (0 <= value <= 60):
+                raise InvalidArgument(f"{name} must be a number of seconds from 0 to 60")
+        if len(payload) > 1000:
+            raise InvalidArgument("a ping payload is at most 1000 bytes")
+        return self.sessions.ping(target, count, float(interval), float(timeout), payload)
+
+    def ctl_ping(self, target, count=4, interval=1.0, timeout=2.0, payload=""):
+        if not isinstance(payload, str):
+            raise InvalidArgument("payload must be text")
+        return self.ping(target, count, interval, timeout, payload.encode("utf-8"))
+
+    def ctl_peers(self):
+        return {"peers": self.sessions.describe()}
 
     def ctl_shutdown(self):
         stop = self._on_shutdown if self._on_shutdown is not None else self.stopService

@@ -1,0 +1,343 @@
+"""
+Encrypted sessions with trusted peers, and what runs on them today: ping.
+
+``Sessions`` owns the node's :class:`~pilotproto.tunnel.TunnelEndpoint` and
+one :class:`PeerState` per peer: its tunnel, its path (relay or direct, see
+:mod:`pilotproto.node.paths`), the pings waiting for a pong, and whether the
+peer told us it revoked its trust.  The node feeds it datagrams from peers
+and frames from the relay, and asks it to ping, list peers, and tear down
+the sessions of a peer whose trust was revoked.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..errors import NotTrusted, PilotError, Refused, Timeout
+from ..identity import Address
+from ..tunnel import TunnelEndpoint
+from ..wire import DecodeError, Endpoint
+from ..wire import session as smsg
+from .paths import PathTimers, PeerPath, direct_source, relay_source, source_endpoint
+
+CONNECT_TIMEOUT = 8.0
+CLOSE_GRACE = 0.2
+
+
+class PeerState:
+    def __init__(self, key: bytes, path: PeerPath):
+        self.key = key
+        self.address = Address.from_public_key(key)
+        self.hostname: str | None = None
+        self.path = path
+        self.pings: dict[int, tuple[defer.Deferred, float]] = {}
+        self.revoked_by_peer = False
+        self.last_rtt: float | None = None
+        self.probe_call = None
+        self.up = False
+
+    def label(self) -> str:
+        return self.hostname or str(self.address)
+
+
+class Sessions:
+    log = Logger()
+
+    def __init__(
+        self,
+        clock,
+        identity,
+        *,
+        is_trusted,
+        send_datagram,
+        send_relay,
+        lookup,
+        allow_direct=True,
+        path_timers=PathTimers(),
+        **tunnel_options,
+    ):
+        self._clock = clock
+        self._is_trusted = is_trusted
+        self._send_datagram = send_datagram
+        self._send_relay = send_relay
+        self._lookup = lookup
+        self.allow_direct = allow_direct
+        self.path_timers = path_timers
+        self.connect_timeout = CONNECT_TIMEOUT
+        self.peers: dict[bytes, PeerState] = {}
+        self._source = None
+        self.endpoint = TunnelEndpoint(
+            identity,
+            clock,
+            is_trusted=is_trusted,
+            send_factory=lambda key: self._state(key).path.send,
+            on_data=self._on_data,
+            on_up=self._on_up,
+            on_down=self._on_down,
+            on_authenticated=self._on_authenticated,
+            **tunnel_options,
+        )
+
+    # -- datagrams in ------------------------------------------------------
+
+    def datagram_received(self, data: bytes, source: Endpoint) -> None:
+        """A tunnel packet straight from a peer."""
+        self._receive(data, direct_source(source), lambda packet: self._send_datagram(packet, source))
+
+    def relay_received(self, sender: bytes, data: bytes) -> None:
+        """A tunnel packet the beacon relayed from the node at ``sender``."""
+        self._receive(data, relay_source(sender), lambda packet: self._send_relay(sender, packet))
+
+    def _receive(self, data, source, reply):
+        self._source = (source, len(data))
+        try:
+            self.endpoint.datagram_received(data, source, reply)
+        finally:
+            self._source = None
+
+    # -- peers -------------------------------------------------------------
+
+    def _state(self, key: bytes) -> PeerState:
+        state = self.peers.get(key)
+        if state is None:
+            path = PeerPath(
+                self._clock,
+                Address.from_public_key(key).to_bytes(),
+                self._send_datagram,
+                self._send_relay,
+                allow_direct=self.allow_direct,
+                timers=self.path_timers,
+            )
+            state = self.peers[key] = PeerState(key, path)
+        return state
+
+    @defer.inlineCallbacks
+    def resolve(self, target: str):
+        """The trusted peer ``target`` names, with its endpoints freshly looked up."""
+        found = yield self._lookup(target)
+        key = base64.b64decode(found["public_key"])
+        if not self._is_trusted(key):
+            raise NotTrusted(
+                f"this node does not trust {found['hostname']} ({found['address']})",
+                hint=f"Ask for trust first: pilotctl handshake {found['hostname']} \"why\"",
+            )
+        state = self._state(key)
+        state.hostname = found["hostname"]
+        state.path.add_candidates(Endpoint(*_split(ep)) for ep in found.get("endpoints", ()))
+        if state.revoked_by_peer:
+            raise Refused(f"{state.label()} has revoked its trust in this node")
+        return state
+
+    def connect(self, state: PeerState) -> defer.Deferred:
+        """Fires once the session with ``state``'s peer can carry data."""
+        d = self.endpoint.peer(state.key).connect()
+
+        def timed_out(failure):
+            failure.trap(defer.TimeoutError, Timeout)
+            raise Timeout(
+                f"{state.label()} did not answer the tunnel handshake",
+                hint="A session needs trust on both sides: has the peer approved your handshake?",
+            )
+
+        d.addTimeout(self.connect_timeout, self._clock)
+        return d.addErrback(timed_out)
+
+    @defer.inlineCallbacks
+    def ping(self, target: str, count: int = 4, interval: float = 1.0, timeout: float = 2.0, payload: bytes = b""):
+        """Ping ``target`` over its session; fires with a summary dict."""
+        state = yield self.resolve(target)
+        yield self.connect(state)
+        waits = []
+        for seq in range(1, count + 1):
+            if seq > 1:
+                yield _sleep(self._clock, interval)
+            waits.append(self._one_ping(state, seq, timeout, payload))
+        results = yield defer.gatherResults(waits)
+        replies = [r for r in results if r is not None]
+        rtts = [r["rtt_ms"] for r in replies]
+        return {
+            "target": state.label(),
+            "address": str(state.address),
+            "sent": count,
+            "received": len(replies),
+            "loss_pct": round(100.0 * (count - len(replies)) / count, 1) if count else 0.0,
+            "replies": results,
+            "min_ms": min(rtts) if rtts else None,
+            "avg_ms": round(sum(rtts) / len(rtts), 3) if rtts else None,
+            "max_ms": max(rtts) if rtts else None,
+            "path": state.path.kind,
+        }
+
+    def _one_ping(self, state: PeerState, seq: int, timeout: float, payload: bytes) -> defer.Deferred:
+        ping_id = int.from_bytes(os.urandom(8), "big")
+        d = defer.Deferred()
+        state.pings[ping_id] = (d, self._clock.seconds())
+        self.endpoint.peer(state.key).send_data(smsg.encode(smsg.Ping(ping_id, payload)))
+
+        def lost(failure):
+            failure.trap(defer.TimeoutError)
+            state.pings.pop(ping_id, None)
+            return None
+
+        def numbered(reply):
+            if reply is not None:
+                reply["seq"] = seq
+            return reply
+
+        d.addTimeout(timeout, self._clock)
+        return d.addErrback(lost).addCallback(numbered)
+
+    def describe(self) -> list[dict]:
+        out = []
+        for state in self.peers.values():
+            path = state.path
+            out.append(
+                {
+                    "hostname": state.hostname,
+                    "address": str(state.address),
+                    "public_key": base64.b64encode(state.key).decode(),
+                    "state": "up" if state.up else "down",
+                    "path": path.kind,
+                    "endpoint": str(path.direct) if path.using_direct() else "relay",
+                    "rtt_ms": state.last_rtt,
+                    "bytes_sent": path.bytes_sent,
+                    "bytes_received": path.bytes_received,
+                }
+            )
+        return out
+
+    # -- trust changes -------------------------------------------------------
+
+    def revoke(self, key: bytes) -> None:
+        """We stopped trusting ``key``: tell it, then tear its sessions down."""
+        state = self.peers.pop(key, None)
+        tunnel = self.endpoint.peers.get(key)
+        if tunnel is not None and tunnel.current is not None:
+            tunnel.send_data(smsg.encode(smsg.Close(smsg.CLOSE_REVOKED, "trust revoked")))
+        if state is not None:
+            self._fail_pings(state, Refused(f"trust in {state.label()} was revoked"))
+            self._cancel_probes(state)
+        # Let the Close leave before the keys are gone.
+        self._clock.callLater(CLOSE_GRACE, self.endpoint.remove_peer, key)
+
+    def trusted(self, key: bytes) -> None:
+        """Trust (re)established with ``key``: forget an old revocation."""
+        state = self.peers.get(key)
+        if state is not None:
+            state.revoked_by_peer = False
+
+    def stop(self) -> None:
+        for key, tunnel in list(self.endpoint.peers.items()):
+            if tunnel.current is not None:
+                tunnel.send_data(smsg.encode(smsg.Close(smsg.CLOSE_SHUTDOWN, "node shutting down")))
+        for state in self.peers.values():
+            self._fail_pings(state, PilotError("the node is shutting down"))
+            self._cancel_probes(state)
+        self.endpoint.stop()
+
+    # -- tunnel callbacks ------------------------------------------------------
+
+    def _on_authenticated(self, key: bytes, source: bytes) -> None:
+        state = self._state(key)
+        size = self._source[1] if self._source else 0
+        new_endpoint = state.path.received(source, size)
+        if new_endpoint is not None:
+            self._send_probe(state, new_endpoint)
+
+    def _on_up(self, key: bytes) -> None:
+        state = self._state(key)
+        state.up = True
+        state.revoked_by_peer = False
+        self._probe_round(state)
+
+    def _on_down(self, key: bytes) -> None:
+        state = self.peers.get(key)
+        if state is not None:
+            state.up = False
+            self._cancel_probes(state)
+
+    def _on_data(self, key: bytes, plaintext: bytes) -> None:
+        state = self._state(key)
+        source = self._source[0] if self._source else b"R"
+        try:
+            msg = smsg.decode(plaintext)
+        except DecodeError:
+            self.endpoint.stats["session_malformed"] += 1
+            return
+        tunnel = self.endpoint.peers.get(key)
+        if isinstance(msg, smsg.Ping):
+            tunnel.send_data(smsg.encode(smsg.Pong(msg.id, msg.payload)))
+        elif isinstance(msg, smsg.Pong):
+            self._pong(state, msg, source)
+        elif isinstance(msg, smsg.PathProbe):
+            endpoint = source_endpoint(source)
+            if endpoint is not None and tunnel.current is not None:
+                state.path.send_direct(tunnel.current.seal(smsg.encode(smsg.PathAck(msg.nonce))), endpoint)
+        elif isinstance(msg, smsg.PathAck):
+            if state.path.acked(source):
+                self.log.info("{peer}: direct path {ep}", peer=state.label(), ep=str(state.path.direct))
+        elif isinstance(msg, smsg.Close):
+            self._closed_by_peer(state, msg)
+
+    def _pong(self, state, msg, source):
+        waiting = state.pings.pop(msg.id, None)
+        if waiting is None:
+            return
+        d, sent_at = waiting
+        rtt_ms = round((self._clock.seconds() - sent_at) * 1000.0, 3)
+        state.last_rtt = rtt_ms
+        d.callback({"rtt_ms": rtt_ms, "path": "direct" if source[:1] == b"D" else "relay", "bytes": len(msg.payload)})
+
+    def _closed_by_peer(self, state, msg):
+        if msg.reason == smsg.CLOSE_REVOKED:
+            state.revoked_by_peer = True
+            error = Refused(f"{state.label()} revoked its trust in this node")
+        else:
+            error = Refused(f"{state.label()} closed the session: {msg.message}")
+        self.log.info("{peer} closed our session: {why}", peer=state.label(), why=msg.message)
+        self._fail_pings(state, error)
+        self._cancel_probes(state)
+        state.up = False
+        # Not from inside the tunnel's own packet handling.
+        self._clock.callLater(0, self.endpoint.remove_peer, state.key)
+
+    # -- direct paths -----------------------------------------------------------
+
+    def _probe_round(self, state: PeerState) -> None:
+        for endpoint in state.path.probe_targets():
+            self._send_probe(state, endpoint)
+        self._cancel_probes(state)
+        delay = self.path_timers.keepalive_interval if state.path.using_direct() else self.path_timers.probe_interval
+        state.probe_call = self._clock.callLater(delay, self._probe_round, state)
+
+    def _send_probe(self, state: PeerState, endpoint: Endpoint) -> None:
+        tunnel = self.endpoint.peers.get(state.key)
+        if tunnel is None or tunnel.current is None or not tunnel.current.can_seal():
+            return
+        nonce = int.from_bytes(os.urandom(8), "big")
+        state.path.send_direct(tunnel.current.seal(smsg.encode(smsg.PathProbe(nonce))), endpoint)
+
+    def _cancel_probes(self, state: PeerState) -> None:
+        if state.probe_call is not None and state.probe_call.active():
+            state.probe_call.cancel()
+        state.probe_call = None
+
+    def _fail_pings(self, state: PeerState, error: PilotError) -> None:
+        pings, state.pings = state.pings, {}
+        for d, _ in pings.values():
+            d.errback(error)
+
+
+def _split(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _sleep(clock, seconds: float) -> defer.Deferred:
+    d = defer.Deferred()
+    clock.callLater(seconds, d.callback, None)
+    return d

@@ -1,0 +1,168 @@
+"""
+Encrypted sessions between two in-process nodes and a beacon, over real UDP
+on loopback: ping over the relay and over a direct path, no plaintext at the
+relay, tampered and replayed packets dropped, revocation.
+"""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from pilotproto.beacon.service import BeaconService
+from pilotproto.errors import NotTrusted, Refused, Timeout
+from pilotproto.node.service import PilotNode
+from pilotproto.wire import Endpoint
+
+pytestmark = pytest.mark.integration
+
+
+class Trusts:
+    """A stand-in trust list, so these tests exercise sessions alone."""
+
+    def __init__(self):
+        self.keys = set()
+
+    def is_trusted(self, key):
+        return key in self.keys
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+@pytest.fixture
+def beacon():
+    service = BeaconService(reactor, interface="127.0.0.1", port=0)
+    service.startService()
+    seen = []
+    original = service.protocol.datagramReceived
+
+    def capture(data, addr):
+        seen.append(data)
+        original(data, addr)
+
+    service.protocol.datagramReceived = capture
+    service.seen = seen
+    yield service
+    service.stopService()
+
+
+def make_node(tmp_path, beacon, name, **kw):
+    node = PilotNode(
+        home=str(tmp_path / name),
+        hostname=name,
+        beacon=f"127.0.0.1:{beacon.port}",
+        public=True,
+        reactor=reactor,
+        control_socket=False,
+        **kw,
+    )
+    node.trust = Trusts()
+    node.startService()
+    return node
+
+
+@pytest.fixture
+def pair(tmp_path, beacon, request):
+    allow_direct = getattr(request, "param", True)
+    a = make_node(tmp_path, beacon, "agent-a", allow_direct=allow_direct)
+    b = make_node(tmp_path, beacon, "agent-b", allow_direct=allow_direct)
+    yield a, b
+    pytest_twisted.blockon(defer.gatherResults([defer.maybeDeferred(a.stopService), defer.maybeDeferred(b.stopService)]))
+
+
+def trust_each_other(a, b):
+    a.trust.keys.add(b.identity.public_key)
+    b.trust.keys.add(a.identity.public_key)
+
+
+@pytest_twisted.inlineCallbacks
+def test_ping_needs_trust_and_then_moves_to_a_direct_path(pair):
+    a, b = pair
+    yield defer.gatherResults([a.when_registered(), b.when_registered()])
+    with pytest.raises(NotTrusted):
+        yield a.ping("agent-b", count=1)
+    trust_each_other(a, b)
+    result = yield a.ping("agent-b", count=4, interval=0.2)
+    assert result["received"] == 4 and result["loss_pct"] == 0.0
+    assert result["replies"][0]["path"] == "relay"  # the first byte never waits for a direct path
+    for _ in range(20):
+        if a.sessions.peers[b.identity.public_key].path.kind == "direct":
+            break
+        yield sleep(0.1)
+    later = yield a.ping("agent-b", count=2, interval=0.1)
+    assert [r["path"] for r in later["replies"]] == ["direct", "direct"]
+    [peer] = a.ctl_peers()["peers"]
+    assert peer["hostname"] == "agent-b" and peer["path"] == "direct" and peer["bytes_sent"] > 0
+
+
+@pytest.mark.parametrize("pair", [False], indirect=True)
+@pytest_twisted.inlineCallbacks
+def test_relay_never_sees_plaintext(pair, beacon):
+    a, b = pair
+    yield defer.gatherResults([a.when_registered(), b.when_registered()])
+    trust_each_other(a, b)
+    marker = b"PLAINTEXT-MARKER-7f3a9c"
+    result = yield a.ping("agent-b", count=3, interval=0.1, payload=marker)
+    assert result["received"] == 3
+    assert all(r["path"] == "relay" for r in result["replies"])
+    assert beacon.server.counters["relayed_frames"] >= 6
+    assert not any(marker in datagram for datagram in beacon.seen)
+
+
+@pytest_twisted.inlineCallbacks
+def test_tampered_and_replayed_packets_are_dropped_and_counted(pair):
+    a, b = pair
+    yield defer.gatherResults([a.when_registered(), b.when_registered()])
+    trust_each_other(a, b)
+    yield a.ping("agent-b", count=1)
+    held = []
+    original = a.protocol.send
+
+    def hold_data_packets(data, destination):
+        # Keep A's data packets to B back, so the test decides what B sees.
+        if data[0] == 0xC4 and destination.port == b.local_endpoint.port:
+            held.append((data, destination))
+        else:
+            original(data, destination)
+
+    a.protocol.send = hold_data_packets
+    a.sessions._send_datagram = hold_data_packets
+    for state in a.sessions.peers.values():
+        state.path._send_datagram = hold_data_packets
+    ping = a.ping("agent-b", count=1, timeout=3)
+    yield sleep(0.1)
+    assert held, "expected A to send B a direct data packet"
+    packet, destination = held[0]
+    stats = b.sessions.endpoint.stats
+    tampered = bytearray(packet)
+    tampered[-1] ^= 0x40
+    for datagram in (bytes(tampered), packet, packet):
+        original(datagram, destination)
+    result = yield ping
+    assert result["received"] == 1
+    assert stats["data_auth_failed"] == 1
+    assert stats["data_replayed"] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_revoke_tears_the_session_down_at_once(pair):
+    a, b = pair
+    yield defer.gatherResults([a.when_registered(), b.when_registered()])
+    trust_each_other(a, b)
+    yield b.ping("agent-a", count=1)
+    a.trust.keys.discard(b.identity.public_key)
+    a.on_trust_revoked(b.identity.public_key)
+    started = reactor.seconds()
+    with pytest.raises(Refused):
+        yield b.ping("agent-a", count=3, interval=0.2)
+    assert reactor.seconds() - started < 1.0
+    with pytest.raises(NotTrusted):
+        yield a.ping("agent-b", count=1)
+    yield sleep(0.3)
+    # Packets from the revoked peer are dropped and counted.
+    b.sessions.peers[a.identity.public_key].revoked_by_peer = False
+    b.sessions.connect_timeout = 1.0
+    with pytest.raises(Timeout):
+        yield b.ping("agent-a", count=1)
+    assert a.sessions.endpoint.stats["init_untrusted"] >= 1
