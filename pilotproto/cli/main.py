@@ -26,6 +26,7 @@ from ..identity.address import Address
 from ..identity.keys import KEY_FILE
 from ..node.config import NodeConfig, check_hostname, resolve_home
 from . import daemon as daemon_control
+from . import session_commands
 from .output import Output, interrupted, usage_error
 
 
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(commands, "info", "this node's address, name, endpoints", run_info, render_info)
     lookup = _subcommand(commands, "lookup", "ask the beacon about a node", run_lookup, render_lookup)
     lookup.add_argument("target", metavar="NAME_OR_ADDRESS")
+    session_commands.add_commands(commands, _subcommand)
     demo = _subcommand(commands, "demo", "a two-agent tour on this machine, cleaned up afterwards", run_demo, None)
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) afterwards")
     return parser

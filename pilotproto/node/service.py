@@ -284,10 +284,10 @@ class PilotNode(service.MultiService):
             raise InvalidArgument("a ping payload is at most 1000 bytes")
         return self.sessions.ping(target, count, float(interval), float(timeout), payload)
 
-    def ctl_ping(self, target, count=4, interval=1.0, timeout=2.0, payload=""):
+    def ctl_ping(self, target, count=4, interval=1.0, reply_timeout=2.0, payload=""):
         if not isinstance(payload, str):
             raise InvalidArgument("payload must be text")
-        return self.ping(target, count, interval, timeout, payload.encode("utf-8"))
+        return self.ping(target, count, interval, reply_timeout, payload.encode("utf-8"))
 
     def ctl_peers(self):
         return {"peers": self.sessions.describe()}

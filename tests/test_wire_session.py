@@ -1,0 +1,42 @@
+"""Property tests for the in-tunnel session messages."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pilotproto.wire import DecodeError
+from pilotproto.wire import session as smsg
+
+u64 = st.integers(0, 2**64 - 1)
+messages = st.one_of(
+    st.builds(smsg.Ping, u64, st.binary(max_size=2000)),
+    st.builds(smsg.Pong, u64, st.binary(max_size=2000)),
+    st.builds(smsg.PathProbe, u64),
+    st.builds(smsg.PathAck, u64),
+    st.builds(smsg.Close, st.integers(0, 255), st.text(max_size=60).filter(lambda t: len(t.encode()) <= 255)),
+)
+
+
+@given(messages)
+def test_round_trip(msg):
+    assert smsg.decode(smsg.encode(msg)) == msg
+
+
+@given(messages, st.data())
+def test_truncated_messages_raise_decode_error(msg, data):
+    raw = smsg.encode(msg)
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    try:
+        smsg.decode(raw[:cut])
+    except DecodeError:
+        pass
+    else:
+        raise AssertionError("a truncated message decoded")
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=500)
+def test_random_bytes_raise_decode_error_only(raw):
+    try:
+        smsg.decode(raw)
+    except DecodeError:
+        pass
