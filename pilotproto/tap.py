@@ -31,10 +31,11 @@ class BeaconOptions(usage.Options):
 
 
 class NodeOptions(usage.Options):
-    synopsis = "--hostname NAME --beacon HOST:PORT [--public] [--home DIR] [--port UDPPORT]"
+    synopsis = "--hostname NAME --beacon HOST:PORT [--public] [--auto-approve] [--home DIR] [--port UDPPORT]"
     longdesc = "Run a pilot node (the daemon behind pilotctl)."
     optFlags = [
         ["public", None, "Let any node look this one up (connecting still needs trust)."],
+        ["auto-approve", None, "Approve every incoming handshake request at once."],
     ]
     optParameters = [
         ["home", None, None, "The node's home directory (default $PILOT_HOME or ~/.pilot)."],
@@ -78,6 +79,7 @@ def makeService(options, reactor=None) -> service.IService:
             hostname=sub["hostname"],
             beacon=sub["beacon"],
             public=True if sub["public"] else None,
+            auto_approve=True if sub["auto-approve"] else None,
             port=sub["port"],
             reactor=reactor,
             on_shutdown=reactor.stop,

@@ -225,7 +225,7 @@ def test_init_creates_home_identity_and_config(home):
     assert data["address"] == str(load_or_create(home).address)
     assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
     with open(os.path.join(home, CONFIG_FILE)) as f:
-        assert json.load(f) == {"hostname": "agent-a", "beacon": "127.0.0.1:9000", "public": False, "port": 0}
+        assert json.load(f) == {"hostname": "agent-a", "beacon": "127.0.0.1:9000", "public": False, "port": 0, "auto_approve": False}
 
 
 def test_init_again_keeps_identity_and_updates_config(home):

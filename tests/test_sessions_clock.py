@@ -29,8 +29,8 @@ class Net:
     def add(self, name, identity, endpoint):
         net = self
 
-        def send_datagram(data, destination):
-            if not net.direct_up:
+        def send_datagram(data, destination, ttl=None):
+            if not net.direct_up or (ttl is not None and ttl < 3):
                 return
             for other_name, (other, other_ep, _) in net.nodes.items():
                 if other_ep == destination:
@@ -62,6 +62,7 @@ class Net:
             send_datagram=send_datagram,
             send_relay=send_relay,
             lookup=lookup,
+            local_candidates=lambda: ("none", (endpoint,), ()),
         )
         self.nodes[name] = (sessions, endpoint, identity)
         return sessions

@@ -40,6 +40,36 @@ messages = st.one_of(
     st.builds(msgs.KeepaliveAck, u64, endpoints),
     st.builds(msgs.LookupResult, u64, short_text, st.binary(min_size=8, max_size=8), key, st.integers(0, 255), st.lists(endpoints, max_size=4).map(tuple)),
     st.builds(msgs.Ok, u64),
+    st.builds(
+        msgs.HandshakeRequest,
+        u64,
+        u64,
+        st.booleans(),
+        st.binary(max_size=255),
+        short_text,
+        st.text(max_size=200).filter(lambda t: len(t.encode()) <= msgs.MAX_REASON),
+        u64,
+        key,
+        u64,
+        sig,
+    ),
+    st.builds(msgs.HandshakeAnswer, u64, u64, key, st.booleans(), short_text, key, u64, sig),
+    st.builds(msgs.Revoke, u64, key, key, u64, sig),
+    st.integers(1, 65535).flatmap(
+        lambda chunks: st.builds(
+            msgs.SetVisibility,
+            u64,
+            u64,
+            st.integers(0, chunks - 1),
+            st.just(chunks),
+            st.lists(key, max_size=msgs.VISIBILITY_CHUNK_KEYS).map(tuple),
+            key,
+            u64,
+            sig,
+        )
+    ),
+    st.builds(msgs.MailAck, u64, u64, key, u64, sig),
+    st.builds(msgs.Deliver, u64, u64, st.binary(max_size=msgs.MAX_DELIVERED)),
 )
 
 
@@ -73,7 +103,7 @@ def test_random_bytes_raise_decode_error_only(raw):
 @given(st.binary(max_size=300))
 @settings(max_examples=300)
 def test_random_bytes_behind_a_valid_header(raw):
-    for type_code in range(16):
+    for type_code in range(40):
         try:
             msgs.decode(bytes([msgs.KIND, msgs.VERSION, type_code]) + raw)
         except DecodeError:
@@ -113,3 +143,27 @@ def test_unknown_version_is_refused():
         assert "version" in str(e)
     else:
         raise AssertionError("version 2 accepted")
+
+
+def test_trust_messages_fit_one_datagram():
+    identity = Identity.generate()
+    biggest_request = msgs.sign(
+        msgs.HandshakeRequest(1, 2, False, b"a" * 63, "b" * 63, "\u00e9" * (msgs.MAX_REASON // 2), 2**64 - 1), identity, 3
+    )
+    raw = msgs.encode(biggest_request)
+    assert len(msgs.encode(msgs.Deliver(1, 2, raw))) <= 1200
+    chunk = msgs.sign(msgs.SetVisibility(1, 2, 0, 1, tuple(os.urandom(32) for _ in range(msgs.VISIBILITY_CHUNK_KEYS))), identity, 3)
+    assert len(msgs.encode(chunk)) <= 1200
+
+
+def test_overlong_reason_is_refused_both_ways():
+    import pytest
+
+    with pytest.raises(ValueError):
+        msgs.encode(msgs.HandshakeRequest(1, 2, False, b"b", "a", "x" * (msgs.MAX_REASON + 1)))
+    ok = msgs.encode(msgs.HandshakeRequest(1, 2, False, b"b", "a", "x" * msgs.MAX_REASON))
+    # Hand-build the same message with one more byte of reason.
+    at = ok.index(b"x" * msgs.MAX_REASON) - 2
+    bad = ok[:at] + (msgs.MAX_REASON + 1).to_bytes(2, "big") + b"x" * (msgs.MAX_REASON + 1) + ok[at + 2 + msgs.MAX_REASON :]
+    with pytest.raises(DecodeError):
+        msgs.decode(bad)

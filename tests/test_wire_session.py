@@ -3,16 +3,24 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pilotproto.wire import DecodeError
+from pilotproto.wire import DecodeError, Endpoint
 from pilotproto.wire import session as smsg
 
 u64 = st.integers(0, 2**64 - 1)
+endpoints = st.builds(Endpoint, st.ip_addresses().map(str), st.integers(0, 65535))
 messages = st.one_of(
     st.builds(smsg.Ping, u64, st.binary(max_size=2000)),
     st.builds(smsg.Pong, u64, st.binary(max_size=2000)),
     st.builds(smsg.PathProbe, u64),
     st.builds(smsg.PathAck, u64),
     st.builds(smsg.Close, st.integers(0, 255), st.text(max_size=60).filter(lambda t: len(t.encode()) <= 255)),
+    st.builds(
+        smsg.CallMeMaybe,
+        st.booleans(),
+        st.sampled_from(["none", "full_cone", "symmetric", "unknown"]),
+        st.lists(endpoints, max_size=3).map(tuple),
+        st.lists(endpoints, max_size=3).map(tuple),
+    ),
 )
 
 

@@ -8,12 +8,33 @@ from ..wire import Endpoint
 
 
 class BeaconDatagramProtocol(DatagramProtocol):
-    def __init__(self, server, local: Endpoint | None = None):
+    def __init__(self, server, local: Endpoint | None = None, sockets: dict | None = None):
         self.server = server
         #: the address this socket answers on (STUN RESPONSE-ORIGIN)
         self.local = local
+        #: every socket of this beacon by its local endpoint, shared among
+        #: them, so an answer to a STUN CHANGE-REQUEST can leave from another
+        self.sockets = sockets if sockets is not None else {}
+        if local is not None:
+            self.sockets[local] = self
+
+    def send(self, data: bytes, destination: Endpoint) -> None:
+        """Send a datagram that answers no request (the server's mail pushes)."""
+        if self.transport is None:
+            return
+        try:
+            self.transport.write(data, destination.as_tuple())
+        except OSError:
+            # A lost push is retransmitted by the mailbox.
+            self.server.counters["send_errors"] += 1
 
     def datagramReceived(self, data, addr):
         source = Endpoint(addr[0], addr[1])
-        for reply, destination in self.server.datagram_received(data, source, self.local):
-            self.transport.write(reply, destination.as_tuple())
+        for reply in self.server.datagram_received(data, source, self.local):
+            answer, destination = reply
+            origin = getattr(reply, "origin", None)
+            sender = self if origin is None or origin == self.local else self.sockets.get(origin)
+            if sender is None:
+                self.server.counters["dropped_no_origin_socket"] += 1
+                continue
+            sender.send(answer, destination)

@@ -3,7 +3,10 @@ The beacon's request handling, free of sockets.
 
 ``BeaconServer.datagram_received(data, source, local)`` takes one datagram
 and returns the datagrams to send back as ``(bytes, destination)`` pairs.
-The UDP protocol in :mod:`pilotproto.beacon.protocol` only moves bytes.
+A pair may be a :class:`Reply` whose ``origin`` names the beacon socket it
+must leave from (STUN CHANGE-REQUEST answers, RFC 5780); otherwise it leaves
+from the socket the request came in on.  The UDP protocol in
+:mod:`pilotproto.beacon.protocol` only moves bytes.
 
 Nothing a peer sends can raise out of here: malformed, forged or replayed
 datagrams are dropped and counted in ``counters``.  An answer to a request
@@ -28,12 +31,27 @@ from ..wire import DecodeError, Endpoint, is_stun
 from ..wire import beacon as msgs
 from ..wire import relay
 from ..wire import stun
+from .mailbox import Mailbox
 from .nonces import NonceIssuer
 from .registry import DEFAULT_TTL, Registry
+from .visibility import VisibilityLists
 
 AMPLIFICATION_LIMIT = 3
 DEFAULT_KEEPALIVE_INTERVAL = 5
 SOFTWARE = "pilotproto beacon"
+
+
+class Reply(tuple):
+    """
+    A datagram to send.  It unpacks as ``(data, destination)`` like every
+    other answer; ``origin`` is the beacon endpoint it must be sent from,
+    or None for the socket the request arrived on.
+    """
+
+    def __new__(cls, data: bytes, destination: Endpoint, origin: Endpoint | None = None):
+        reply = super().__new__(cls, (data, destination))
+        reply.origin = origin
+        return reply
 
 
 class BeaconServer:
@@ -46,17 +64,33 @@ class BeaconServer:
         nonces: NonceIssuer | None = None,
         keepalive_interval: int = DEFAULT_KEEPALIVE_INTERVAL,
         other_address: Endpoint | None = None,
+        send=None,
+        primary_address: Endpoint | None = None,
     ):
         self._clock = clock
         self.registry = registry if registry is not None else Registry(clock, DEFAULT_TTL)
         self.nonces = nonces if nonces is not None else NonceIssuer(clock)
         self.keepalive_interval = keepalive_interval
-        #: the beacon's other address/port, announced in STUN OTHER-ADDRESS
+        #: RFC 5780: with both set (different IP *and* port), the beacon
+        #: listens on the four combinations, answers CHANGE-REQUEST and
+        #: announces OTHER-ADDRESS; otherwise it does neither
+        self.primary_address = primary_address
         self.other_address = other_address
         self.counters: collections.Counter = collections.Counter()
         # Per process, like the nonce secret: a restart re-keys every relay.
         self._relay_private = os.urandom(32)
         self.relay_public = crypto_scalarmult_base(self._relay_private)
+        #: ``send(datagram, endpoint)`` for datagrams that answer no request
+        #: (mail pushes); the UDP protocol sets it once it has a transport
+        self.send = send
+        self.mailbox = Mailbox(clock, self.registry, self._send_unsolicited, self.counters)
+        self.visibility = VisibilityLists(self.counters)
+
+    def _send_unsolicited(self, datagram: bytes, destination: Endpoint) -> None:
+        if self.send is None:
+            self.counters["dropped_no_transport"] += 1
+            return
+        self.send(datagram, destination)
 
     # -- entry point -----------------------------------------------------
 
@@ -91,11 +125,40 @@ class BeaconServer:
         unknown = stun.unknown_comprehension_required(request)
         if unknown:
             reply = stun.binding_error(request, 420, "Unknown Attribute", software=SOFTWARE)
-        else:
-            reply = stun.binding_response(
-                request, source, response_origin=local, other_address=self.other_address, software=SOFTWARE
-            )
-        return [(reply, source)]
+            return [(reply, source)]
+        origin = local
+        change = request.find(stun.ChangeRequest)
+        if change is not None and (change.change_ip or change.change_port):
+            origin = self.alternate_endpoint(local, change.change_ip, change.change_port)
+            if origin is None:
+                # RFC 5780 §6.1: no alternate address, so CHANGE-REQUEST is
+                # an attribute we cannot honour.
+                self.counters["stun_change_refused"] += 1
+                reply = stun.binding_error(
+                    request, 420, "Unknown Attribute", unknown_attributes=[stun.ChangeRequest.TYPE], software=SOFTWARE
+                )
+                return [(reply, source)]
+            self.counters["stun_change_requests"] += 1
+        reply = stun.binding_response(
+            request,
+            source,
+            response_origin=origin,
+            other_address=self.alternate_endpoint(local, True, True),
+            software=SOFTWARE,
+        )
+        return [Reply(reply, source, origin)]
+
+    def alternate_endpoint(self, local: Endpoint | None, change_ip: bool, change_port: bool) -> Endpoint | None:
+        """The beacon endpoint that differs from ``local`` in IP and/or port, if there is one."""
+        if local is None or self.primary_address is None or self.other_address is None:
+            return None
+        hosts = (self.primary_address.host, self.other_address.host)
+        ports = (self.primary_address.port, self.other_address.port)
+        if hosts[0] == hosts[1] or ports[0] == ports[1] or local.host not in hosts or local.port not in ports:
+            return None
+        host = hosts[1 - hosts.index(local.host)] if change_ip else local.host
+        port = ports[1 - ports.index(local.port)] if change_port else local.port
+        return Endpoint(host, port)
 
     # -- pilot messages ------------------------------------------------------
 
@@ -164,6 +227,7 @@ class BeaconServer:
             address=str(record.address),
             endpoint=str(source),
         )
+        self.mailbox.recipient_online(record)
         reply = msgs.Registered(
             msg.request_id,
             record.address.to_bytes(),
@@ -190,6 +254,7 @@ class BeaconServer:
         record, refusal = self._authenticate(msg, source, size)
         if record is None:
             return refusal
+        self.mailbox.recipient_online(record)
         return [(msgs.encode(msgs.KeepaliveAck(msg.request_id, source)), source)]
 
     def _rx_Unregister(self, msg, source, size):
@@ -224,6 +289,64 @@ class BeaconServer:
         )
         return [(msgs.encode(reply), source)]
 
+    # -- trust: mail between nodes, and visibility lists ------------------------
+
+    def _post(self, msg, sender, recipient, dedup_key, source, size, expires_at=0):
+        try:
+            self.mailbox.post(sender.public_key, recipient, msgs.encode(msg), dedup_key, expires_at)
+        except PilotError as e:
+            return self._error(msg, e.code, e.message, source, size, authenticated=True)
+        return [(msgs.encode(msgs.Ok(msg.request_id)), source)]
+
+    def _rx_HandshakeRequest(self, msg, source, size):
+        requester, refusal = self._authenticate(msg, source, size)
+        if requester is None:
+            return refusal
+        if msg.hostname != requester.hostname:
+            return self._error(msg, "invalid_argument", "hostname is not the one you registered", source, size, True)
+        if msg.by_address:
+            if len(msg.target) != 8:
+                return self._error(msg, "invalid_argument", "an address is 8 bytes", source, size, True)
+            recipient = ("address", msg.target)
+        else:
+            try:
+                recipient = ("name", check_hostname(msg.target.decode("utf-8")))
+            except (InvalidArgument, UnicodeDecodeError):
+                return self._error(msg, "invalid_argument", "bad target hostname", source, size, True)
+        if recipient in (("name", requester.hostname), ("address", requester.address.to_bytes())):
+            return self._error(msg, "invalid_argument", "a node cannot ask itself for trust", source, size, True)
+        dedup = ("handshake", msg.handshake_id)
+        return self._post(msg, requester, recipient, dedup, source, size, msg.expires_at)
+
+    def _rx_HandshakeAnswer(self, msg, source, size):
+        answerer, refusal = self._authenticate(msg, source, size)
+        if answerer is None:
+            return refusal
+        dedup = ("answer", msg.handshake_id, msg.requester_key)
+        return self._post(msg, answerer, ("key", msg.requester_key), dedup, source, size)
+
+    def _rx_Revoke(self, msg, source, size):
+        revoker, refusal = self._authenticate(msg, source, size)
+        if revoker is None:
+            return refusal
+        return self._post(msg, revoker, ("key", msg.peer_key), ("revoke",), source, size)
+
+    def _rx_MailAck(self, msg, source, size):
+        recipient, refusal = self._authenticate(msg, source, size)
+        if recipient is None:
+            return refusal
+        # No reply: a lost ack only means one more push, which is acked again.
+        self.mailbox.acked(recipient.public_key, msg.mail_id)
+        return []
+
+    def _rx_SetVisibility(self, msg, source, size):
+        owner, refusal = self._authenticate(msg, source, size)
+        if owner is None:
+            return refusal
+        if not self.visibility.offer(owner.public_key, msg.version, msg.chunk, msg.chunks, msg.keys):
+            return self._error(msg, "invalid_argument", "visibility list too long", source, size, True)
+        return [(msgs.encode(msgs.Ok(msg.request_id)), source)]
+
     # -- relay -------------------------------------------------------------
 
     def _relay(self, data, source):
@@ -253,10 +376,14 @@ class BeaconServer:
         return self.visible(destination, sender)
 
     def visible(self, target, requester) -> bool:
-        """May ``requester`` learn where ``target`` is?  Private by default."""
-        return target.public or target.public_key == requester.public_key
+        """May ``requester`` learn where ``target`` is?  Private by default:
+        only the node itself, and the keys its signed visibility list names."""
+        if target.public or target.public_key == requester.public_key:
+            return True
+        return self.visibility.allows(target.public_key, requester.public_key)
 
     def expire(self) -> None:
         dropped = self.registry.expire()
         if dropped:
             self.counters["expired"] += dropped
+        self.mailbox.expire()

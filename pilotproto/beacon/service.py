@@ -3,7 +3,10 @@ The beacon as a Twisted service: its UDP port(s) and the registry's expiry.
 
 ``--port`` is the main port: registration, lookup, STUN.  ``--alt-port``
 (and, with ``--alt-address``, a second IP) answers STUN too, so that nodes
-can tell how their NAT maps and filters (RFC 5780).
+can tell how their NAT maps and filters (RFC 5780).  With both, the beacon
+listens on all four address x port combinations and answers a STUN
+CHANGE-REQUEST from the socket it asks for; ``--alt-address`` then needs a
+concrete ``--interface`` (the primary address).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from twisted.application import internet, service
 from twisted.internet.task import LoopingCall
 
+from ..errors import InvalidArgument
 from ..wire import Endpoint
 from .protocol import BeaconDatagramProtocol
 from .server import BeaconServer
@@ -39,19 +43,24 @@ class BeaconService(service.MultiService):
     def __init__(self, reactor, interface="0.0.0.0", port=9000, alt_port=None, alt_address=None):
         super().__init__()
         self.reactor = reactor
-        other = None
-        if (alt_port is not None or alt_address is not None) and _concrete(alt_address or interface):
-            other = Endpoint(alt_address or interface, alt_port or port)
-        self.server = BeaconServer(reactor, other_address=other)
-        self.protocol = BeaconDatagramProtocol(self.server, _local(interface, port))
+        _check_alternates(interface, port, alt_port, alt_address)
+        primary = other = None
+        if alt_port is not None and alt_address is not None:
+            primary, other = Endpoint(interface, port), Endpoint(alt_address, alt_port)
+        self.server = BeaconServer(reactor, other_address=other, primary_address=primary)
+        #: every socket by the endpoint it answers from (CHANGE-REQUEST routing)
+        self.sockets: dict[Endpoint, BeaconDatagramProtocol] = {}
+        self.protocol = BeaconDatagramProtocol(self.server, _local(interface, port), self.sockets)
+        # Mail is pushed from the main port, where nodes keep their NAT mapping open.
+        self.server.send = self.protocol.send
         self._udp = _UDPService(port, self.protocol, interface=interface)
         self._udp.setServiceParent(self)
         self.alt_protocols = []
         if alt_port is not None or alt_address is not None:
             alt_interface = alt_address or interface
             alt_port = alt_port or port
-            for host, udp_port in {(alt_interface, alt_port), (interface, alt_port), (alt_interface, port)} - {(interface, port)}:
-                proto = BeaconDatagramProtocol(self.server, _local(host, udp_port))
+            for host, udp_port in sorted({(alt_interface, alt_port), (interface, alt_port), (alt_interface, port)} - {(interface, port)}):
+                proto = BeaconDatagramProtocol(self.server, _local(host, udp_port), self.sockets)
                 self.alt_protocols.append(proto)
                 _UDPService(udp_port, proto, interface=host).setServiceParent(self)
         _ExpiryService(self.server, 5).setServiceParent(self)
@@ -59,6 +68,25 @@ class BeaconService(service.MultiService):
     @property
     def port(self) -> int:
         return self.protocol.transport.getHost().port
+
+
+def _check_alternates(interface, port, alt_port, alt_address) -> None:
+    # Bound to the wildcard, the main socket would clash with ALT:PORT
+    # ("address already in use") and could not say which address answered.
+    if alt_address is not None and not _concrete(interface):
+        raise InvalidArgument(
+            "--alt-address needs the beacon's primary address as --interface, not the wildcard",
+            hint="Pass --interface PRIMARY_IP (the address nodes use in --beacon) with --alt-address ALT_IP.",
+        )
+    if alt_address is not None and alt_address == interface:
+        raise InvalidArgument("--alt-address must differ from --interface", hint="Give a second address of this host.")
+    if alt_port is not None and alt_port == port:
+        raise InvalidArgument("--alt-port must differ from --port", hint="Give a second UDP port, e.g. --alt-port 9001.")
+    if alt_port is not None and alt_address is not None and 0 in (port, alt_port):
+        raise InvalidArgument(
+            "with --alt-address and --alt-port, both ports must be given (not 0)",
+            hint="The beacon announces its ports to nodes in STUN OTHER-ADDRESS, so it must know them in advance.",
+        )
 
 
 def _concrete(host: str | None) -> bool:

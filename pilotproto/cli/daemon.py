@@ -185,9 +185,11 @@ class Launch:
         return os.path.join(self.home, LOG_FILE)
 
 
-def prepare_start(home: str, hostname=None, beacon=None, public=None, port=None) -> NodeConfig:
+def prepare_start(home: str, hostname=None, beacon=None, public=None, port=None, auto_approve=None) -> NodeConfig:
     """Check nothing runs for ``home``, merge and save the settings, make sure the identity loads."""
-    config = NodeConfig.load(home).merged(hostname=hostname, beacon=beacon, public=public, port=port)
+    config = NodeConfig.load(home).merged(
+        hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve
+    )
     if config.hostname is None:
         raise InvalidArgument(
             "no hostname given and none saved in the config",
@@ -313,8 +315,9 @@ def start_daemon(
     public=None,
     port=None,
     timeout: float = DEFAULT_START_TIMEOUT,
+    auto_approve=None,
 ) -> dict:
-    config = prepare_start(home, hostname=hostname, beacon=beacon, public=public, port=port)
+    config = prepare_start(home, hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve)
     return wait_until_registered(spawn_node(home, config), timeout)
 
 

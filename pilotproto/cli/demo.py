@@ -32,11 +32,14 @@ from ..errors import NotFound, PilotError, Unavailable
 from . import daemon as daemon_control
 from .main import render_lookup
 from .output import Output
+from .trust import HANDSHAKE_TIMEOUT
 
 LOOPBACK = "127.0.0.1"
 BEACON_START_TIMEOUT = 5.0
 AGENT_START_TIMEOUT = 6.0
 STOP_TIMEOUT = 3.0
+#: How long the tour waits for a pushed request or an uploaded visibility list.
+TRUST_WAIT = 5.0
 
 
 @attrs.define
@@ -143,11 +146,69 @@ def lookup_private_peer(tour: Tour) -> dict:
     raise PilotError(f"private agent-a was visible to agent-b, which it does not trust: {leaked}")
 
 
+def handshake_peer(tour: Tour) -> dict:
+    tour.say()
+    tour.say("agent-b asks private agent-a for trust (the beacon carries the signed request):")
+    tour.say('  $ pilotctl handshake agent-a "demo: share results"')
+    client = ControlClient(tour.agent("agent-b").home)
+    sent = client.call("handshake", timeout=HANDSHAKE_TIMEOUT, target="agent-a", reason="demo: share results")
+    tour.say(f"  Handshake sent to agent-a ({sent.get('state')}).")
+    return {"handshake": {"from": "agent-b", "target": "agent-a", "result": sent}}
+
+
+def show_pending(tour: Tour) -> dict:
+    tour.say()
+    tour.say("agent-a sees the request (pushed by the beacon, no polling):")
+    tour.say("  $ pilotctl pending")
+    pending = []
+    deadline = time.monotonic() + TRUST_WAIT
+    while not pending and time.monotonic() < deadline:
+        pending = tour.agent("agent-a").call("pending").get("pending") or []
+        if not pending:
+            time.sleep(0.05)
+    if not pending:
+        raise Unavailable(f"agent-a did not receive agent-b's handshake request within {TRUST_WAIT:g} s")
+    for request in pending:
+        tour.say(f"  {request['hostname']}  {request['address']}  reason: {request['reason']}")
+    return {"pending": pending}
+
+
+def approve_peer(tour: Tour) -> dict:
+    tour.say()
+    tour.say("agent-a approves; trust is mutual:")
+    tour.say("  $ pilotctl approve agent-b")
+    approved = tour.agent("agent-a").call("approve", peer="agent-b")
+    tour.say(f"  Trust established with {approved['peer']['hostname']} ({approved['peer']['address']}).")
+    return {"approve": approved}
+
+
+def lookup_after_trust(tour: Tour) -> dict:
+    tour.say()
+    tour.say("agent-b looks up agent-a again; agent-a's signed visibility list now names agent-b:")
+    tour.say("  $ pilotctl lookup agent-a")
+    deadline = time.monotonic() + TRUST_WAIT
+    while True:
+        try:
+            found = tour.agent("agent-b").call("lookup", target="agent-a")
+            break
+        except NotFound:
+            if time.monotonic() >= deadline:
+                raise NotFound(f"agent-a is still invisible to agent-b {TRUST_WAIT:g} s after approving it") from None
+            time.sleep(0.1)
+    for line in render_lookup(found).splitlines():
+        tour.say("  " + line)
+    return {"lookup": {"from": "agent-b", "target": "agent-a", "result": found}}
+
+
 STEPS = [
     ("start a beacon", start_beacon),
     ("start two agents", start_agents),
     ("look up a public agent", lookup_public_peer),
     ("look up a private agent", lookup_private_peer),
+    ("ask for trust", handshake_peer),
+    ("see the pending request", show_pending),
+    ("approve it", approve_peer),
+    ("look up the private agent again", lookup_after_trust),
 ]
 
 

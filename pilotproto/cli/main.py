@@ -26,8 +26,9 @@ from ..identity.address import Address
 from ..identity.keys import KEY_FILE
 from ..node.config import NodeConfig, check_hostname, resolve_home
 from . import daemon as daemon_control
-from . import session_commands
+from . import lab_commands, session_commands
 from .output import Output, interrupted, usage_error
+from .trust import add_trust_commands
 
 
 @attrs.define
@@ -55,7 +56,9 @@ class _Parser(argparse.ArgumentParser):
 
 def run_init(args, ctx: Context) -> dict:
     check_hostname(args.hostname)
-    config = NodeConfig.load(ctx.home).merged(hostname=args.hostname, beacon=args.beacon, public=args.public)
+    config = NodeConfig.load(ctx.home).merged(
+        hostname=args.hostname, beacon=args.beacon, public=args.public, auto_approve=args.auto_approve
+    )
     created = not os.path.lexists(os.path.join(ctx.home, KEY_FILE))
     os.makedirs(ctx.home, mode=0o700, exist_ok=True)
     me = identity.load_or_create(ctx.home)
@@ -67,6 +70,7 @@ def run_init(args, ctx: Context) -> dict:
         "hostname": config.hostname,
         "beacon": config.beacon,
         "public": config.public,
+        "auto_approve": config.auto_approve,
         "created": created,
     }
 
@@ -100,6 +104,7 @@ def run_daemon_start(args, ctx: Context) -> dict:
         public=args.public,
         port=args.port,
         timeout=args.timeout,
+        auto_approve=args.auto_approve,
     )
 
 
@@ -256,6 +261,12 @@ def _node_settings(parser) -> None:
         default=None,
         help="let anyone look this node up (default: private, or as saved)",
     )
+    parser.add_argument(
+        "--auto-approve",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="approve every incoming handshake request at once (default: no, or as saved)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(commands, "info", "this node's address, name, endpoints", run_info, render_info)
     lookup = _subcommand(commands, "lookup", "ask the beacon about a node", run_lookup, render_lookup)
     lookup.add_argument("target", metavar="NAME_OR_ADDRESS")
+    add_trust_commands(commands, _subcommand)
     session_commands.add_commands(commands, _subcommand)
+    lab_commands.add_commands(commands, _subcommand, _global_options)
     demo = _subcommand(commands, "demo", "a two-agent tour on this machine, cleaned up afterwards", run_demo, None)
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) afterwards")
     return parser

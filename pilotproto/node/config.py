@@ -83,6 +83,8 @@ class NodeConfig:
     beacon: str | None = None
     public: bool = False
     port: int = 0
+    #: approve every incoming handshake request at once
+    auto_approve: bool = False
 
     def validate(self) -> "NodeConfig":
         if self.hostname is not None:

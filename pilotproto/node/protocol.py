@@ -6,6 +6,7 @@ them on; anything it cannot place is counted and dropped.
 from __future__ import annotations
 
 import collections
+import socket
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -22,16 +23,30 @@ class NodeDatagramProtocol(DatagramProtocol):
         self.node = node
         self.counters: collections.Counter = collections.Counter()
 
-    def send(self, data: bytes, destination: Endpoint) -> None:
+    def send(self, data: bytes, destination: Endpoint, ttl: int | None = None) -> None:
         if self.transport is None:
             return
         try:
-            self.transport.write(data, destination.as_tuple())
+            if ttl is not None:
+                self._write_with_ttl(data, destination, ttl)
+            else:
+                self.transport.write(data, destination.as_tuple())
         except OSError as e:
             # A full socket buffer or an unreachable network is a lost
             # datagram, which every sender here already retries.
             self.counters["send_errors"] += 1
             self.log.debug("send to {dst} failed: {err}", dst=str(destination), err=e)
+
+    def _write_with_ttl(self, data, destination, ttl):
+        # A priming probe: it must leave our NAT but die before the peer's.
+        sock = self.transport.socket
+        level, option = (socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS) if ":" in destination.host else (socket.IPPROTO_IP, socket.IP_TTL)
+        previous = sock.getsockopt(level, option)
+        sock.setsockopt(level, option, ttl)
+        try:
+            self.transport.write(data, destination.as_tuple())
+        finally:
+            sock.setsockopt(level, option, previous)
 
     def datagramReceived(self, data, addr):
         self.counters["datagrams"] += 1

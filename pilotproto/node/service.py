@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import socket
 import time
 
 from twisted.application import service
@@ -28,6 +29,7 @@ from .beacon_client import BeaconClient, SeqCounter
 from .config import CONTROL_SOCKET, NodeConfig, parse_hostport, resolve_home
 from .protocol import NodeDatagramProtocol
 from .requests import BeaconRequests
+from ..trust.manager import TrustManager
 from .sessions import Sessions
 
 
@@ -45,13 +47,16 @@ class PilotNode(service.MultiService):
         control_socket: bool = True,
         on_shutdown=None,
         allow_direct: bool = True,
+        auto_approve: bool | None = None,
     ):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.home = resolve_home(home)
-        self.config = NodeConfig.load(self.home).merged(hostname=hostname, beacon=beacon, public=public, port=port)
+        self.config = NodeConfig.load(self.home).merged(
+            hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve
+        )
         if not self.config.hostname:
             raise InvalidArgument("the node needs a hostname", hint="Pass --hostname NAME, or run: pilotctl init --hostname NAME")
         if not self.config.beacon:
@@ -77,6 +82,18 @@ class PilotNode(service.MultiService):
             on_registered=self._registered,
         )
         self.requests = BeaconRequests(reactor, self.identity, self._send_to_beacon, self.seq)
+        self.trust = TrustManager(
+            reactor,
+            self.identity,
+            self.home,
+            self._send_to_beacon,
+            self.seq,
+            self.lookup,
+            hostname=self.config.hostname,
+            auto_approve=self.config.auto_approve,
+            on_revoked=self._trust_revoked,
+            on_trusted=self._trust_established,
+        )
         self._relay_key = None
         # Relay counters start at the clock, like seq, so they keep growing across restarts.
         self._relay_counter = int(time.time() * 1e9)
@@ -87,8 +104,11 @@ class PilotNode(service.MultiService):
             send_datagram=self.protocol.send,
             send_relay=self.send_relay,
             lookup=self.lookup,
+            local_candidates=self.local_candidates,
             allow_direct=allow_direct,
         )
+        #: NAT behaviour seen from here; "unknown" until discovery says otherwise
+        self.nat_type = "unknown"
 
     # -- identity ------------------------------------------------------------
 
@@ -142,6 +162,7 @@ class PilotNode(service.MultiService):
         self.sessions.stop()
         self.beacon_client.stop()
         self.requests.cancel_all()
+        self.trust.stop()
         if self._control_port is not None:
             yield defer.maybeDeferred(self._control_port.stopListening)
             self._control_port = None
@@ -162,7 +183,11 @@ class PilotNode(service.MultiService):
     def beacon_message_received(self, msg, source: Endpoint) -> bool:
         if source != self.beacon_endpoint:
             return False
-        return self.requests.message_received(msg) or self.beacon_client.message_received(msg)
+        return (
+            self.requests.message_received(msg)
+            or self.beacon_client.message_received(msg)
+            or self.trust.message_received(msg)
+        )
 
     def relay_received(self, frame, source: Endpoint) -> bool:
         """A tunnel packet the beacon relayed from another node."""
@@ -188,6 +213,7 @@ class PilotNode(service.MultiService):
         self.protocol.send(frame, self.beacon_endpoint)
 
     def _registered(self, observed):
+        self.trust.registered()
         beacon_key = self.beacon_client.beacon_key
         try:
             self._relay_key = relay.relay_key(
@@ -218,6 +244,28 @@ class PilotNode(service.MultiService):
     @property
     def reflexive_endpoint(self) -> Endpoint | None:
         return self.beacon_client.observed
+
+    def lan_endpoints(self) -> list[Endpoint]:
+        """Our address on the local network, as a peer on the same LAN would reach it."""
+        local = self.local_endpoint
+        if local is None or self.beacon_endpoint is None:
+            return []
+        family = socket.AF_INET6 if ":" in self.beacon_endpoint.host else socket.AF_INET
+        try:
+            # Connecting a UDP socket sends nothing; it only asks the kernel
+            # which source address it would route from.
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect(self.beacon_endpoint.as_tuple())
+                host = probe.getsockname()[0]
+        except OSError:
+            return []
+        ep = Endpoint(host, local.port)
+        return [] if ep == self.reflexive_endpoint else [ep]
+
+    def local_candidates(self):
+        """(nat_type, public endpoints, LAN endpoints) to offer a peer."""
+        public = [self.reflexive_endpoint] if self.reflexive_endpoint else []
+        return self.nat_type, public, self.lan_endpoints()
 
     def lookup(self, target: str) -> defer.Deferred:
         """Find a node by hostname or address; fires with a dict (see ``ctl_lookup``)."""
@@ -250,7 +298,7 @@ class PilotNode(service.MultiService):
             "registered": self.beacon_client.registered,
             "reflexive_endpoint": str(self.reflexive_endpoint) if self.reflexive_endpoint else None,
             "local_endpoint": str(self.local_endpoint) if self.local_endpoint else None,
-            "nat_type": "unknown",
+            "nat_type": self.nat_type,
             "beacon_error": self.beacon_client.last_error,
             "uptime_s": round(time.time() - self._started_at, 3) if self._started_at else 0.0,
             "pid": os.getpid(),
@@ -297,6 +345,38 @@ class PilotNode(service.MultiService):
         # Answer first, then stop: the caller wants to hear that we heard.
         self.reactor.callLater(0.05, stop)
         return {"stopping": True, "pid": os.getpid()}
+
+    # -- trust commands --
+
+    def _trust_revoked(self, public_key: bytes) -> None:
+        # Sessions with a peer we no longer trust end now (the session layer's hook).
+        teardown = getattr(self, "on_trust_revoked", None)
+        if teardown is not None:
+            teardown(public_key)
+
+    def _trust_established(self, public_key: bytes) -> None:
+        established = getattr(self, "on_trust_established", None)
+        if established is not None:
+            established(public_key)
+
+    def ctl_handshake(self, target, reason):
+        return self.trust.handshake(target, reason)
+
+    def ctl_pending(self):
+        return {"pending": self.trust.pending(), "outgoing": self.trust.outgoing()}
+
+    def ctl_approve(self, peer):
+        return self.trust.approve(peer)
+
+    def ctl_reject(self, peer):
+        return self.trust.reject(peer)
+
+    def ctl_trust(self):
+        return {"trusted": self.trust.trusted()}
+
+    def ctl_revoke(self, peer):
+        # trust.revoke calls self.on_trust_revoked (through _trust_revoked).
+        return self.trust.revoke(peer)
 
 
 __all__ = ["PilotNode", "PilotError"]

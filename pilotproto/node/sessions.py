@@ -26,6 +26,9 @@ from .paths import PathTimers, PeerPath, direct_source, relay_source, source_end
 
 CONNECT_TIMEOUT = 8.0
 CLOSE_GRACE = 0.2
+#: a CallMeMaybe not answered in this time is sent again, this many times
+CALL_ME_MAYBE_RETRY = 0.7
+CALL_ME_MAYBE_TRIES = 5
 
 
 class PeerState:
@@ -37,7 +40,8 @@ class PeerState:
         self.pings: dict[int, tuple[defer.Deferred, float]] = {}
         self.revoked_by_peer = False
         self.last_rtt: float | None = None
-        self.probe_call = None
+        self.heard_candidates_at: float | None = None
+        self.call_timer = None
         self.up = False
 
     def label(self) -> str:
@@ -56,6 +60,8 @@ class Sessions:
         send_datagram,
         send_relay,
         lookup,
+        local_candidates=lambda: ("unknown", (), ()),
+        relay_kind=lambda: "relay",
         allow_direct=True,
         path_timers=PathTimers(),
         **tunnel_options,
@@ -65,6 +71,8 @@ class Sessions:
         self._send_datagram = send_datagram
         self._send_relay = send_relay
         self._lookup = lookup
+        self._local_candidates = local_candidates
+        self._relay_kind = relay_kind
         self.allow_direct = allow_direct
         self.path_timers = path_timers
         self.connect_timeout = CONNECT_TIMEOUT
@@ -104,33 +112,61 @@ class Sessions:
     def _state(self, key: bytes) -> PeerState:
         state = self.peers.get(key)
         if state is None:
+            address = Address.from_public_key(key)
             path = PeerPath(
                 self._clock,
-                Address.from_public_key(key).to_bytes(),
+                address.to_bytes(),
                 self._send_datagram,
                 self._send_relay,
+                send_probe=lambda endpoint, ttl=None: self._send_probe(key, endpoint, ttl),
+                request_punch=lambda: self._call_me_maybe(key, reply=False),
+                relay_kind=self._relay_kind,
                 allow_direct=self.allow_direct,
                 timers=self.path_timers,
+                label=str(address),
             )
             state = self.peers[key] = PeerState(key, path)
         return state
 
     @defer.inlineCallbacks
     def resolve(self, target: str):
-        """The trusted peer ``target`` names, with its endpoints freshly looked up."""
-        found = yield self._lookup(target)
-        key = base64.b64decode(found["public_key"])
-        if not self._is_trusted(key):
+        """The trusted peer ``target`` names.
+
+        A peer with a live session is used at once (its endpoints are
+        refreshed from the beacon in the background), so neither a slow nor
+        a dead beacon holds up traffic that does not need it.
+        """
+        state = self._known(target)
+        if state is not None:
+            refresh = self._lookup(target)
+            refresh.addCallback(self._learn, state)
+            refresh.addErrback(lambda failure: None)
+        else:
+            found = yield self._lookup(target)
+            state = self._learn(found)
+        if not self._is_trusted(state.key):
             raise NotTrusted(
-                f"this node does not trust {found['hostname']} ({found['address']})",
-                hint=f"Ask for trust first: pilotctl handshake {found['hostname']} \"why\"",
+                f"this node does not trust {state.label()} ({state.address})",
+                hint=f"Ask for trust first: pilotctl handshake {state.label()} \"why\"",
             )
-        state = self._state(key)
-        state.hostname = found["hostname"]
-        state.path.add_candidates(Endpoint(*_split(ep)) for ep in found.get("endpoints", ()))
         if state.revoked_by_peer:
             raise Refused(f"{state.label()} has revoked its trust in this node")
         return state
+
+    def _learn(self, found: dict, state: PeerState | None = None) -> PeerState:
+        key = base64.b64decode(found["public_key"])
+        if state is None or state.key != key:
+            state = self._state(key)
+        state.hostname = found["hostname"]
+        state.path.label = found["hostname"]
+        state.path.add_candidates(Endpoint(*_split(ep)) for ep in found.get("endpoints", ()))
+        return state
+
+    def _known(self, target: str) -> PeerState | None:
+        for state in self.peers.values():
+            if target in (state.hostname, str(state.address)) and state.up:
+                return state
+        return None
 
     def connect(self, state: PeerState) -> defer.Deferred:
         """Fires once the session with ``state``'s peer can carry data."""
@@ -156,7 +192,10 @@ class Sessions:
             if seq > 1:
                 yield _sleep(self._clock, interval)
             waits.append(self._one_ping(state, seq, timeout, payload))
-        results = yield defer.gatherResults(waits)
+        try:
+            results = yield defer.gatherResults(waits, consumeErrors=True)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
         replies = [r for r in results if r is not None]
         rtts = [r["rtt_ms"] for r in replies]
         return {
@@ -170,6 +209,7 @@ class Sessions:
             "avg_ms": round(sum(rtts) / len(rtts), 3) if rtts else None,
             "max_ms": max(rtts) if rtts else None,
             "path": state.path.kind,
+            "path_changes": state.path.switches + state.path.fallbacks,
         }
 
     def _one_ping(self, state: PeerState, seq: int, timeout: float, payload: bytes) -> defer.Deferred:
@@ -220,7 +260,7 @@ class Sessions:
             tunnel.send_data(smsg.encode(smsg.Close(smsg.CLOSE_REVOKED, "trust revoked")))
         if state is not None:
             self._fail_pings(state, Refused(f"trust in {state.label()} was revoked"))
-            self._cancel_probes(state)
+            self._halt(state)
         # Let the Close leave before the keys are gone.
         self._clock.callLater(CLOSE_GRACE, self.endpoint.remove_peer, key)
 
@@ -236,29 +276,25 @@ class Sessions:
                 tunnel.send_data(smsg.encode(smsg.Close(smsg.CLOSE_SHUTDOWN, "node shutting down")))
         for state in self.peers.values():
             self._fail_pings(state, PilotError("the node is shutting down"))
-            self._cancel_probes(state)
+            self._halt(state)
         self.endpoint.stop()
 
     # -- tunnel callbacks ------------------------------------------------------
 
     def _on_authenticated(self, key: bytes, source: bytes) -> None:
         state = self._state(key)
-        size = self._source[1] if self._source else 0
-        new_endpoint = state.path.received(source, size)
-        if new_endpoint is not None:
-            self._send_probe(state, new_endpoint)
+        state.path.received(source, self._source[1] if self._source else 0)
 
     def _on_up(self, key: bytes) -> None:
         state = self._state(key)
         state.up = True
         state.revoked_by_peer = False
-        self._probe_round(state)
+        self._call_me_maybe(key, reply=False)
 
     def _on_down(self, key: bytes) -> None:
         state = self.peers.get(key)
         if state is not None:
             state.up = False
-            self._cancel_probes(state)
 
     def _on_data(self, key: bytes, plaintext: bytes) -> None:
         state = self._state(key)
@@ -275,11 +311,17 @@ class Sessions:
             self._pong(state, msg, source)
         elif isinstance(msg, smsg.PathProbe):
             endpoint = source_endpoint(source)
-            if endpoint is not None and tunnel.current is not None:
-                state.path.send_direct(tunnel.current.seal(smsg.encode(smsg.PathAck(msg.nonce))), endpoint)
+            if endpoint is not None and tunnel.current is not None and self.allow_direct:
+                self._send_datagram(tunnel.current.seal(smsg.encode(smsg.PathAck(msg.nonce))), endpoint)
         elif isinstance(msg, smsg.PathAck):
-            if state.path.acked(source):
-                self.log.info("{peer}: direct path {ep}", peer=state.label(), ep=str(state.path.direct))
+            state.path.acked(source)
+        elif isinstance(msg, smsg.CallMeMaybe):
+            state.heard_candidates_at = self._clock.seconds()
+            state.path.peer_nat = msg.nat_type
+            state.path.add_candidates(msg.public, lan=msg.lan)
+            if not msg.reply:
+                self._call_me_maybe(key, reply=True)
+            state.path.start_punch()
         elif isinstance(msg, smsg.Close):
             self._closed_by_peer(state, msg)
 
@@ -290,7 +332,8 @@ class Sessions:
         d, sent_at = waiting
         rtt_ms = round((self._clock.seconds() - sent_at) * 1000.0, 3)
         state.last_rtt = rtt_ms
-        d.callback({"rtt_ms": rtt_ms, "path": "direct" if source[:1] == b"D" else "relay", "bytes": len(msg.payload)})
+        path = state.path.kind if source[:1] == b"D" else self._relay_kind()
+        d.callback({"rtt_ms": rtt_ms, "path": path, "bytes": len(msg.payload)})
 
     def _closed_by_peer(self, state, msg):
         if msg.reason == smsg.CLOSE_REVOKED:
@@ -300,31 +343,54 @@ class Sessions:
             error = Refused(f"{state.label()} closed the session: {msg.message}")
         self.log.info("{peer} closed our session: {why}", peer=state.label(), why=msg.message)
         self._fail_pings(state, error)
-        self._cancel_probes(state)
+        self._halt(state)
         state.up = False
         # Not from inside the tunnel's own packet handling.
         self._clock.callLater(0, self.endpoint.remove_peer, state.key)
 
     # -- direct paths -----------------------------------------------------------
 
-    def _probe_round(self, state: PeerState) -> None:
-        for endpoint in state.path.probe_targets():
-            self._send_probe(state, endpoint)
-        self._cancel_probes(state)
-        delay = self.path_timers.keepalive_interval if state.path.using_direct() else self.path_timers.probe_interval
-        state.probe_call = self._clock.callLater(delay, self._probe_round, state)
+    def _call_me_maybe(self, key: bytes, reply: bool, tries: int = CALL_ME_MAYBE_TRIES) -> None:
+        """Tell the peer, through the session, where to reach us directly.
 
-    def _send_probe(self, state: PeerState, endpoint: Endpoint) -> None:
-        tunnel = self.endpoint.peers.get(state.key)
+        The peer answers with its own candidates and both sides punch.  A
+        call that hears no answer is repeated: on a lossy path one lost
+        datagram must not cost the direct path.
+        """
+        tunnel = self.endpoint.peers.get(key)
+        if not self.allow_direct or tunnel is None or tunnel.current is None:
+            return
+        state = self._state(key)
+        nat_type, public, lan = self._local_candidates()
+        state.path.our_nat = nat_type
+        tunnel.send_data(smsg.encode(smsg.CallMeMaybe(reply, nat_type, tuple(public), tuple(lan))))
+        if reply:
+            return
+        asked_at = self._clock.seconds()
+        if state.call_timer is not None and state.call_timer.active():
+            state.call_timer.cancel()
+
+        def check():
+            state.call_timer = None
+            answered = state.heard_candidates_at is not None and state.heard_candidates_at >= asked_at
+            if not answered and tries > 1 and self.peers.get(key) is state and not state.path.using_direct():
+                self._call_me_maybe(key, reply=False, tries=tries - 1)
+
+        state.call_timer = self._clock.callLater(CALL_ME_MAYBE_RETRY, check)
+
+    def _send_probe(self, key: bytes, endpoint: Endpoint, ttl=None) -> None:
+        tunnel = self.endpoint.peers.get(key)
         if tunnel is None or tunnel.current is None or not tunnel.current.can_seal():
             return
         nonce = int.from_bytes(os.urandom(8), "big")
-        state.path.send_direct(tunnel.current.seal(smsg.encode(smsg.PathProbe(nonce))), endpoint)
+        packet = tunnel.current.seal(smsg.encode(smsg.PathProbe(nonce)))
+        self._send_datagram(packet, endpoint, ttl=ttl)
 
-    def _cancel_probes(self, state: PeerState) -> None:
-        if state.probe_call is not None and state.probe_call.active():
-            state.probe_call.cancel()
-        state.probe_call = None
+    def _halt(self, state: PeerState) -> None:
+        state.path.stop()
+        if state.call_timer is not None and state.call_timer.active():
+            state.call_timer.cancel()
+        state.call_timer = None
 
     def _fail_pings(self, state: PeerState, error: PilotError) -> None:
         pings, state.pings = state.pings, {}

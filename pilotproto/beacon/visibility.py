@@ -1,0 +1,62 @@
+"""
+Visibility lists: which keys may find a private node at the beacon.
+
+A node uploads its list itself, signed, in chunks (``SetVisibility``:
+``version``, ``chunk`` of ``chunks``, up to 30 keys each) so that no datagram
+exceeds ~1100 bytes.  The beacon installs a version once it holds every
+chunk of it, and only a version newer than the one installed, so a chunk
+replayed from an older upload cannot shrink or grow today's list.  The
+beacon stores exactly what the node signed: it has no way to add a key.
+"""
+
+from __future__ import annotations
+
+from ..wire.beacon import VISIBILITY_CHUNK_KEYS
+
+#: A node may let at most this many keys find it (bounds the beacon's memory).
+MAX_KEYS = 4096
+
+
+class VisibilityLists:
+    def __init__(self, counters, max_keys: int = MAX_KEYS):
+        self._counters = counters
+        self.max_keys = max_keys
+        self._installed: dict[bytes, tuple[int, frozenset]] = {}
+        #: owner -> (version, chunks, {chunk: keys}) while an upload is incomplete
+        self._assembling: dict[bytes, tuple[int, int, dict]] = {}
+
+    def offer(self, owner: bytes, version: int, chunk: int, chunks: int, keys) -> bool:
+        """Take one signed chunk from ``owner``; True once it is accepted (or already was)."""
+        installed_version = self._installed.get(owner, (-1, None))[0]
+        if version < installed_version:
+            self._counters["visibility_stale"] += 1
+            return True  # harmless: a late copy of an upload already superseded
+        if version == installed_version:
+            return True
+        if chunks > -(-self.max_keys // VISIBILITY_CHUNK_KEYS):
+            self._counters["visibility_too_large"] += 1
+            return False
+        current = self._assembling.get(owner)
+        if current is None or version > current[0] or (version == current[0] and chunks != current[1]):
+            current = (version, chunks, {})
+        elif version < current[0]:
+            return True
+        current[2][chunk] = tuple(keys)
+        self._assembling[owner] = current
+        if len(current[2]) == chunks:
+            del self._assembling[owner]
+            allowed = frozenset(k for part in current[2].values() for k in part)
+            self._installed[owner] = (version, allowed)
+            self._counters["visibility_installed"] += 1
+        return True
+
+    def allows(self, owner: bytes, viewer: bytes) -> bool:
+        entry = self._installed.get(owner)
+        return entry is not None and viewer in entry[1]
+
+    def keys_of(self, owner: bytes) -> frozenset:
+        return self._installed.get(owner, (0, frozenset()))[1]
+
+    def version_of(self, owner: bytes) -> int | None:
+        entry = self._installed.get(owner)
+        return entry[0] if entry is not None else None

@@ -1,0 +1,195 @@
+"""
+The traversal matrix: every pair of NAT kinds, two real pilot nodes per
+pair, the path they settle on, time to first byte and time to a direct path.
+
+Used by ``pilotctl lab matrix``, by the lab test suite and by
+``benchmarks/traversal.py``.  The expected path of every pair, and why, is
+:func:`expected_path`; ``docs/traversal.md`` has the table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import attrs
+
+from ..errors import PilotError
+from .lab import Lab
+from .pilot import LabBeacon, LabNode
+from .ruleset import NAT_KINDS
+
+DIRECT_KINDS = ("direct", "punched", "lan")
+#: NAT kinds whose filtering lets in only what was sent to (so a punch needs both sides)
+_PORT_FILTERING = {"port-restricted-cone"}
+
+
+def expected_path(a: str, b: str) -> str:
+    """The best path two nodes behind NATs of kinds ``a`` and ``b`` can have.
+
+    ``direct`` stands for any direct path (direct, punched or lan).
+    """
+    kinds = {a, b}
+    if "udp-blocked" in kinds:
+        return "relay-tcp"  # no UDP at all on that side: only the TLS relay
+    if kinds == {"symmetric"}:
+        return "relay"  # neither side can predict the port the other's NAT will use
+    if "symmetric" in kinds and kinds & _PORT_FILTERING:
+        # The symmetric side's probes come from a new port per destination;
+        # a port-restricted NAT only admits the exact port it sent to.
+        return "relay"
+    return "direct"
+
+
+def path_class(path: str) -> str:
+    return "direct" if path in DIRECT_KINDS else path
+
+
+@attrs.define
+class PairResult:
+    a: str
+    b: str
+    expected: str
+    path: str = "-"
+    first_byte_ms: float | None = None
+    direct_after_ms: float | None = None
+    replies: int = 0
+    sent: int = 0
+    error: str | None = None
+
+    #: under injected loss a pair passes with most, not all, of its pings
+    min_replies: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        enough = self.replies >= (self.min_replies if self.min_replies is not None else self.sent)
+        return self.error is None and enough and path_class(self.path) == self.expected
+
+    def as_dict(self) -> dict:
+        return {**attrs.asdict(self), "ok": self.ok}
+
+
+def _wait_for(predicate, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def establish_trust(x: LabNode, y: LabNode, timeout: float = 10.0) -> None:
+    """x asks, y approves: the same two commands an operator runs."""
+    x.ctl("handshake", target=y.hostname, reason="lab matrix")
+    if not _wait_for(lambda: any(p["hostname"] == x.hostname for p in y.ctl("pending")["pending"]), timeout):
+        raise PilotError(f"{y.hostname} never received {x.hostname}'s handshake request")
+    y.ctl("approve", peer=x.hostname)
+    if not _wait_for(lambda: any(t["hostname"] == y.hostname for t in x.ctl("trust")["trusted"]), timeout):
+        raise PilotError(f"{x.hostname} never learned that {y.hostname} approved")
+
+
+def measure_pair(x: LabNode, y: LabNode, a: str, b: str, pings: int = 4, settle: float = 6.0, lossy: bool = False) -> PairResult:
+    result = PairResult(a, b, expected_path(a, b), sent=pings, min_replies=1 if lossy else None)
+    try:
+        establish_trust(x, y)
+        started = time.monotonic()
+        # Time to first byte: until the first echo comes back, through
+        # lookup, tunnel handshake and whatever path is up first.
+        for _ in range(5 if lossy else 1):
+            first = x.ctl("ping", timeout=30, target=y.hostname, count=1, reply_timeout=2.0)
+            if first["received"]:
+                result.first_byte_ms = round((time.monotonic() - started) * 1000, 1)
+                break
+        if result.expected == "direct":
+            moved = _wait_for(lambda: _peer_path(x, y) in DIRECT_KINDS, settle)
+            if moved:
+                result.direct_after_ms = round((time.monotonic() - started) * 1000, 1)
+        else:
+            time.sleep(min(settle, 1.5))  # give a (wrong) upgrade the chance to show
+        summary = x.ctl("ping", timeout=30, target=y.hostname, count=pings, interval=0.2, reply_timeout=2.0)
+        result.replies = summary["received"]
+        answered = [r for r in summary["replies"] if r]
+        result.path = answered[-1]["path"] if answered else summary["path"]
+    except PilotError as e:
+        result.error = f"{e.code}: {e.message}"
+    return result
+
+
+def _peer_path(x: LabNode, y: LabNode) -> str | None:
+    for peer in x.ctl("peers")["peers"]:
+        if peer["hostname"] == y.hostname:
+            return peer["path"]
+    return None
+
+
+def pairs_of(kinds) -> list[tuple[str, str]]:
+    return list(itertools.combinations_with_replacement(kinds, 2))
+
+
+def run_matrix(kinds=NAT_KINDS, loss: float = 0.0, workdir: str | None = None, progress=lambda result: None, workers: int = 6) -> list[PairResult]:
+    """Build a lab, run every pair of ``kinds``, and return one result per pair."""
+    workdir = workdir or tempfile.mkdtemp(prefix="pilot-matrix-")
+    results: list[PairResult] = []
+    with Lab() as lab:
+        beacon = LabBeacon(lab, workdir).start()
+        nodes: dict[str, list[LabNode]] = {}
+        for kind in kinds:
+            # Two sites per kind, so that a kind can meet itself across the internet.
+            nodes[kind] = []
+            for n in (1, 2):
+                site = lab.add_site(kind, loss=loss)
+                nodes[kind].append(LabNode(lab, site.hosts[0], workdir, f"{_short(kind)}-{n}", beacon))
+        everyone = [node for pair in nodes.values() for node in pair]
+        for node in everyone:
+            node.start(wait_registered=False)
+        for node in everyone:
+            _wait_for(lambda: node.ctl("info")["registered"], 15)
+        jobs = []
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for a, b in pairs_of(kinds):
+                x, y = nodes[a][0], nodes[b][1]
+                jobs.append(pool.submit(measure_pair, x, y, a, b, pings=10 if loss else 4, settle=12.0 if loss else 6.0, lossy=bool(loss)))
+            for job in jobs:
+                result = job.result()
+                progress(result)
+                results.append(result)
+        for node in everyone:
+            node.stop()
+        beacon.kill()
+    return results
+
+
+_SHORT = {
+    "none": "pub",
+    "full-cone": "full",
+    "restricted-cone": "rest",
+    "port-restricted-cone": "port",
+    "symmetric": "sym",
+    "udp-blocked": "noudp",
+}
+
+
+def _short(kind: str) -> str:
+    return _SHORT.get(kind, kind)
+
+
+def format_table(results: list[PairResult]) -> str:
+    rows = [("A", "B", "EXPECTED", "PATH", "PINGS", "FIRST BYTE", "DIRECT AFTER", "")]
+    for r in results:
+        rows.append(
+            (
+                r.a,
+                r.b,
+                r.expected,
+                r.path,
+                f"{r.replies}/{r.sent}",
+                f"{r.first_byte_ms:.0f} ms" if r.first_byte_ms is not None else "-",
+                f"{r.direct_after_ms:.0f} ms" if r.direct_after_ms is not None else "-",
+                "ok" if r.ok else f"FAIL {r.error or ''}".strip(),
+            )
+        )
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
