@@ -32,6 +32,7 @@ from ..errors import NotFound, PilotError, Unavailable
 from . import daemon as daemon_control
 from .main import render_lookup
 from .output import Output
+from .session_commands import render_peers, render_ping
 from .trust import HANDSHAKE_TIMEOUT
 
 LOOPBACK = "127.0.0.1"
@@ -200,6 +201,30 @@ def lookup_after_trust(tour: Tour) -> dict:
     return {"lookup": {"from": "agent-b", "target": "agent-a", "result": found}}
 
 
+def ping_peer(tour: Tour) -> dict:
+    tour.say()
+    tour.say("agent-b pings agent-a over an end-to-end encrypted session (relay first, then direct):")
+    tour.say("  $ pilotctl ping agent-a --count 4")
+    result = ControlClient(tour.agent("agent-b").home).call(
+        "ping", timeout=30, target="agent-a", count=4, interval=0.25, reply_timeout=2.0
+    )
+    for line in render_ping(result).splitlines():
+        tour.say("  " + line)
+    if result["received"] == 0:
+        raise Unavailable("agent-a did not answer a single ping")
+    return {"ping": result}
+
+
+def show_peers(tour: Tour) -> dict:
+    tour.say()
+    tour.say("agent-b's view of its sessions:")
+    tour.say("  $ pilotctl peers")
+    peers = tour.agent("agent-b").call("peers")
+    for line in render_peers(peers).splitlines():
+        tour.say("  " + line)
+    return {"peers": peers["peers"]}
+
+
 STEPS = [
     ("start a beacon", start_beacon),
     ("start two agents", start_agents),
@@ -209,6 +234,8 @@ STEPS = [
     ("see the pending request", show_pending),
     ("approve it", approve_peer),
     ("look up the private agent again", lookup_after_trust),
+    ("ping over the encrypted session", ping_peer),
+    ("show the sessions", show_peers),
 ]
 
 
