@@ -2,7 +2,9 @@
 ``twistd pilot``: run a pilot node or a beacon.
 
     twistd -n pilot beacon --port 9000 [--alt-port 9001] [--interface IP]
+                          [--tls-port 443 --tls-cert FILE --tls-key FILE]
     twistd -n pilot node --hostname NAME --beacon HOST:PORT [--public] [--home DIR]
+                         [--beacon-tls HOST:PORT] [--beacon-ca FILE] [--beacon-fingerprint SHA256]
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ class BeaconOptions(usage.Options):
         ["alt-port", None, None, "A second UDP port answering STUN (NAT behaviour discovery).", _port],
         ["interface", "i", "0.0.0.0", "Address to listen on."],
         ["alt-address", None, None, "A second address of this host, for NAT behaviour discovery."],
+        ["tls-port", None, None, "Also listen on this TCP port with TLS, for nodes whose UDP is blocked.", _port],
+        ["tls-cert", None, None, "PEM certificate (chain) for --tls-port."],
+        ["tls-key", None, None, "PEM private key for --tls-port."],
     ]
+
+    def postOptions(self):
+        if self["tls-port"] is not None and not (self["tls-cert"] and self["tls-key"]):
+            raise usage.UsageError("--tls-port needs --tls-cert FILE and --tls-key FILE")
 
 
 class NodeOptions(usage.Options):
@@ -42,6 +51,9 @@ class NodeOptions(usage.Options):
         ["hostname", None, None, "The name to register under."],
         ["beacon", "b", None, "The beacon's HOST:PORT."],
         ["port", "p", None, "Local UDP port (default: from config, else any).", _port],
+        ["beacon-tls", None, None, "The beacon's TLS relay HOST:PORT, used when UDP fails (default: the --beacon host, port 443)."],
+        ["beacon-ca", None, None, "A PEM file of CA certificates to trust for the beacon, besides the system's."],
+        ["beacon-fingerprint", None, None, "Trust exactly the beacon certificate with this SHA-256 (hex, colons optional)."],
     ]
 
 
@@ -64,13 +76,20 @@ def makeService(options, reactor=None) -> service.IService:
     if options.subCommand == "beacon":
         from .beacon.service import BeaconService
 
-        return BeaconService(
-            reactor,
-            interface=sub["interface"],
-            port=sub["port"],
-            alt_port=sub["alt-port"],
-            alt_address=sub["alt-address"],
-        )
+        try:
+            return BeaconService(
+                reactor,
+                interface=sub["interface"],
+                port=sub["port"],
+                alt_port=sub["alt-port"],
+                alt_address=sub["alt-address"],
+                tls_port=sub["tls-port"],
+                tls_cert=sub["tls-cert"],
+                tls_key=sub["tls-key"],
+            )
+        except PilotError as e:
+            hint = f" ({e.hint})" if e.hint else ""
+            raise usage.UsageError(f"{e.message}{hint}") from None
     from .node.service import PilotNode
 
     try:
@@ -81,6 +100,9 @@ def makeService(options, reactor=None) -> service.IService:
             public=True if sub["public"] else None,
             auto_approve=True if sub["auto-approve"] else None,
             port=sub["port"],
+            beacon_tls=sub["beacon-tls"],
+            beacon_ca=sub["beacon-ca"],
+            beacon_fingerprint=sub["beacon-fingerprint"],
             reactor=reactor,
             on_shutdown=reactor.stop,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.internet.protocol import DatagramProtocol
 
 from ..wire import Endpoint
+from .tls import StreamEndpoint
 
 
 class BeaconDatagramProtocol(DatagramProtocol):
@@ -20,6 +21,10 @@ class BeaconDatagramProtocol(DatagramProtocol):
 
     def send(self, data: bytes, destination: Endpoint) -> None:
         """Send a datagram that answers no request (the server's mail pushes)."""
+        if isinstance(destination, StreamEndpoint):
+            # A node registered over TCP/TLS: never by UDP to its TCP address.
+            destination.sink.deliver(data)
+            return
         if self.transport is None:
             return
         try:

@@ -47,7 +47,9 @@ class Record:
     relay_window: ReplayWindow = attrs.field(factory=ReplayWindow, repr=False)
 
     def endpoints(self) -> tuple:
-        return (self.endpoint,) + tuple(e for e in self.lan_endpoints if e != self.endpoint)
+        # A node on the TLS relay has no UDP endpoint worth probing.
+        reachable = (self.endpoint,) if type(self.endpoint) is Endpoint else ()
+        return reachable + tuple(e for e in self.lan_endpoints if e != self.endpoint)
 
     def accept_seq(self, seq: int) -> bool:
         """Record ``seq`` if it is fresh; False for a replay or a stale one."""

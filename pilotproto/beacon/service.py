@@ -18,6 +18,7 @@ from ..errors import InvalidArgument
 from ..wire import Endpoint
 from .protocol import BeaconDatagramProtocol
 from .server import BeaconServer
+from .tls import TLSListenerService, server_tls_options
 
 
 class _ExpiryService(service.Service):
@@ -40,7 +41,7 @@ class _UDPService(internet.UDPServer):
 
 
 class BeaconService(service.MultiService):
-    def __init__(self, reactor, interface="0.0.0.0", port=9000, alt_port=None, alt_address=None):
+    def __init__(self, reactor, interface="0.0.0.0", port=9000, alt_port=None, alt_address=None, tls_port=None, tls_cert=None, tls_key=None):
         super().__init__()
         self.reactor = reactor
         _check_alternates(interface, port, alt_port, alt_address)
@@ -63,6 +64,11 @@ class BeaconService(service.MultiService):
                 proto = BeaconDatagramProtocol(self.server, _local(host, udp_port), self.sockets)
                 self.alt_protocols.append(proto)
                 _UDPService(udp_port, proto, interface=host).setServiceParent(self)
+        #: the TCP/TLS listener (``--tls-port``), or None
+        self.tls = None
+        if tls_port is not None:
+            self.tls = _tls_listener(reactor, self.server, interface, tls_port, tls_cert, tls_key)
+            self.tls.setServiceParent(self)
         _ExpiryService(self.server, 5).setServiceParent(self)
 
     @property
@@ -87,6 +93,12 @@ def _check_alternates(interface, port, alt_port, alt_address) -> None:
             "with --alt-address and --alt-port, both ports must be given (not 0)",
             hint="The beacon announces its ports to nodes in STUN OTHER-ADDRESS, so it must know them in advance.",
         )
+
+
+def _tls_listener(reactor, server, interface, tls_port, tls_cert, tls_key):
+    if not tls_cert or not tls_key:
+        raise InvalidArgument("--tls-port needs --tls-cert and --tls-key", hint="Give the PEM certificate and key files.")
+    return TLSListenerService(reactor, server, interface, tls_port, server_tls_options(tls_cert, tls_key))
 
 
 def _concrete(host: str | None) -> bool:

@@ -185,10 +185,12 @@ class Launch:
         return os.path.join(self.home, LOG_FILE)
 
 
-def prepare_start(home: str, hostname=None, beacon=None, public=None, port=None, auto_approve=None) -> NodeConfig:
-    """Check nothing runs for ``home``, merge and save the settings, make sure the identity loads."""
+def prepare_start(home: str, hostname=None, beacon=None, public=None, port=None, auto_approve=None, **beacon_tls) -> NodeConfig:
+    """Check nothing runs for ``home``, merge and save the settings, make sure the identity loads.
+
+    ``beacon_tls`` takes ``beacon_tls``, ``beacon_ca`` and ``beacon_fingerprint``."""
     config = NodeConfig.load(home).merged(
-        hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve
+        hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve, **beacon_tls
     )
     if config.hostname is None:
         raise InvalidArgument(
@@ -316,8 +318,14 @@ def start_daemon(
     port=None,
     timeout: float = DEFAULT_START_TIMEOUT,
     auto_approve=None,
+    beacon_tls=None,
+    beacon_ca=None,
+    beacon_fingerprint=None,
 ) -> dict:
-    config = prepare_start(home, hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve)
+    config = prepare_start(
+        home, hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve,
+        beacon_tls=beacon_tls, beacon_ca=beacon_ca, beacon_fingerprint=beacon_fingerprint,
+    )
     return wait_until_registered(spawn_node(home, config), timeout)
 
 

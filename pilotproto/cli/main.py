@@ -105,6 +105,9 @@ def run_daemon_start(args, ctx: Context) -> dict:
         port=args.port,
         timeout=args.timeout,
         auto_approve=args.auto_approve,
+        beacon_tls=args.beacon_tls,
+        beacon_ca=os.path.abspath(args.beacon_ca) if args.beacon_ca else None,
+        beacon_fingerprint=args.beacon_fingerprint,
     )
 
 
@@ -167,6 +170,7 @@ _INFO_FIELDS = [
     ("public", "Public"),
     ("registered", "Registered"),
     ("beacon", "Beacon"),
+    ("beacon_transport", "Beacon over"),
     ("reflexive_endpoint", "Public endpoint"),
     ("local_endpoint", "Local endpoint"),
     ("nat_type", "NAT type"),
@@ -286,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--hostname", metavar="NAME", help="this node's name (default: as saved)")
     _node_settings(start)
     start.add_argument("--port", type=int, metavar="UDPPORT", help="local UDP port (default: as saved, 0 = any)")
+    start.add_argument("--beacon-tls", metavar="HOST:PORT", help="the beacon's TLS relay, used when UDP is blocked (default: the beacon host, port 443)")
+    start.add_argument("--beacon-ca", metavar="FILE", help="PEM CA certificates to trust for the beacon, besides the system's")
+    start.add_argument("--beacon-fingerprint", metavar="SHA256", help="trust exactly the beacon certificate with this SHA-256")
     start.add_argument("--timeout", type=float, default=daemon_control.DEFAULT_START_TIMEOUT, metavar="S")
     stop = _subcommand(actions, "stop", "stop the daemon", run_daemon_stop, render_daemon_stop)
     stop.add_argument("--timeout", type=float, default=daemon_control.DEFAULT_STOP_TIMEOUT, metavar="S")

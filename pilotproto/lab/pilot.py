@@ -18,10 +18,13 @@ import time
 from ..control.client import ControlClient
 from ..errors import PilotError, Timeout
 from .lab import Host, Lab
+from .pki import make_beacon_pki
 
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
 BEACON_PORT = 9000
 BEACON_ALT_PORT = 9001
+#: the beacon's TCP/TLS relay port: the node's default (--beacon host, port 443)
+BEACON_TLS_PORT = 443
 
 
 class LabBeacon:
@@ -31,6 +34,10 @@ class LabBeacon:
         self.extra = list(extra)
         self.process: subprocess.Popen | None = None
         self.log = os.path.join(workdir, "beacon.log")
+        #: the throwaway CA and certificate of this beacon's TLS relay
+        self.pki = make_beacon_pki(
+            os.path.join(workdir, "beacon-pki"), [lab.beacon.address, lab.beacon.alternate_address]
+        )
 
     @property
     def address(self) -> str:
@@ -44,6 +51,9 @@ class LabBeacon:
             "--port", str(BEACON_PORT),
             "--alt-port", str(BEACON_ALT_PORT),
             "--alt-address", self.lab.beacon.alternate_address,
+            "--tls-port", str(BEACON_TLS_PORT),
+            "--tls-cert", self.pki.cert_file,
+            "--tls-key", self.pki.key_file,
             *self.extra,
         ]  # fmt: skip
         self.process = self.lab.popen(self.lab.beacon, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -79,6 +89,7 @@ class LabNode:
             "-n", "--pidfile=", "--logfile", self.log,
             "pilot", "node", "--home", self.home,
             "--hostname", self.hostname, "--beacon", self.beacon.address,
+            "--beacon-ca", self.beacon.pki.ca_file,
             *self.extra,
         ]  # fmt: skip
         self.process = self.lab.popen(self.host, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

@@ -78,6 +78,9 @@ class BeaconClient:
         self.beacon_key = None
         self.registered_until = None
         self.last_error = None
+        #: when the first Hello that no Challenge has answered yet was sent
+        #: (the node's cue that UDP to the beacon may be blocked)
+        self.hello_unanswered_since = None
 
     # -- what the node asks --------------------------------------------------
 
@@ -145,6 +148,10 @@ class BeaconClient:
         "the retry or keepalive timer fired"
 
     @_machine.input()
+    def transport_changed(self, msg=None):
+        "the node now reaches the beacon another way (UDP or TLS): prove we are there"
+
+    @_machine.input()
     def rx_challenge(self, msg=None):
         "the beacon sent a nonce"
 
@@ -181,6 +188,8 @@ class BeaconClient:
 
     @_machine.output()
     def send_hello(self):
+        if self.hello_unanswered_since is None:
+            self.hello_unanswered_since = self._clock.seconds()
         self._write(msgs.Hello(new_request_id()), "hello")
 
     @_machine.output()
@@ -194,6 +203,7 @@ class BeaconClient:
         )
         self.observed = msg.observed
         self.beacon_key = msg.beacon_key
+        self.hello_unanswered_since = None
         self._write(msgs.sign(request, self._identity, self.seq.next()), "register")
 
     @_machine.output()
@@ -210,6 +220,12 @@ class BeaconClient:
         jitter = self._rng.uniform(0.8, 1.2)
         self._arm(self._delay * jitter)
         self._delay = min(self._delay * 2, MAX_RETRY)
+
+    @_machine.output()
+    def restart_greeting(self):
+        # The old transport's silence says nothing about the new one.
+        self.hello_unanswered_since = None
+        self._delay = FIRST_RETRY
 
     @_machine.output()
     def arm_keepalive(self):
@@ -254,6 +270,7 @@ class BeaconClient:
 
     idle.upon(start, enter=greeting, outputs=[send_hello, arm_retry])
     idle.upon(stop, enter=stopped, outputs=[])
+    idle.upon(transport_changed, enter=idle, outputs=[])
     for _late in (timer, rx_challenge, rx_registered, rx_keepalive_ack, rx_refused, rx_unknown):
         idle.upon(_late, enter=idle, outputs=[])
 
@@ -261,6 +278,7 @@ class BeaconClient:
     greeting.upon(timer, enter=greeting, outputs=[send_hello, arm_retry])
     greeting.upon(stop, enter=stopped, outputs=[cancel_timer])
     greeting.upon(start, enter=greeting, outputs=[])
+    greeting.upon(transport_changed, enter=greeting, outputs=[restart_greeting, send_hello, arm_retry])
     for _late in (rx_registered, rx_keepalive_ack, rx_refused, rx_unknown):
         greeting.upon(_late, enter=greeting, outputs=[])
 
@@ -269,6 +287,7 @@ class BeaconClient:
     registering.upon(rx_unknown, enter=greeting, outputs=[send_hello, arm_retry])
     registering.upon(timer, enter=greeting, outputs=[send_hello, arm_retry])
     registering.upon(stop, enter=stopped, outputs=[cancel_timer])
+    registering.upon(transport_changed, enter=greeting, outputs=[restart_greeting, send_hello, arm_retry])
     for _late in (start, rx_challenge, rx_keepalive_ack):
         registering.upon(_late, enter=registering, outputs=[])
 
@@ -276,6 +295,8 @@ class BeaconClient:
     registered_idle.upon(rx_keepalive_ack, enter=registered_idle, outputs=[record_ack])
     registered_idle.upon(rx_unknown, enter=greeting, outputs=[send_hello, arm_retry])
     registered_idle.upon(stop, enter=stopped, outputs=[cancel_timer, send_unregister])
+    # A signed keepalive moves our record to the new transport in one round trip.
+    registered_idle.upon(transport_changed, enter=confirming, outputs=[send_keepalive, arm_confirm])
     for _late in (start, rx_challenge, rx_registered, rx_refused):
         registered_idle.upon(_late, enter=registered_idle, outputs=[])
 
@@ -283,9 +304,10 @@ class BeaconClient:
     confirming.upon(timer, enter=greeting, outputs=[send_hello, arm_retry])
     confirming.upon(rx_unknown, enter=greeting, outputs=[send_hello, arm_retry])
     confirming.upon(stop, enter=stopped, outputs=[cancel_timer, send_unregister])
+    confirming.upon(transport_changed, enter=confirming, outputs=[send_keepalive, arm_confirm])
     for _late in (start, rx_challenge, rx_registered, rx_refused):
         confirming.upon(_late, enter=confirming, outputs=[])
 
-    for _any in (start, stop, timer, rx_challenge, rx_registered, rx_keepalive_ack, rx_refused, rx_unknown):
+    for _any in (start, stop, timer, transport_changed, rx_challenge, rx_registered, rx_keepalive_ack, rx_refused, rx_unknown):
         stopped.upon(_any, enter=stopped, outputs=[])
     del _late, _any

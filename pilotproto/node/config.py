@@ -29,6 +29,7 @@ PID_FILE = "daemon.pid"
 LOG_FILE = "daemon.log"
 
 DEFAULT_BEACON_PORT = 9000
+DEFAULT_BEACON_TLS_PORT = 443
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -77,6 +78,30 @@ def parse_hostport(text: str, default_port: int = DEFAULT_BEACON_PORT) -> tuple[
     return host, int(port)
 
 
+def parse_fingerprint(text: str) -> bytes:
+    """A SHA-256 certificate fingerprint from hex, with or without colons."""
+    digits = text.replace(":", "").strip().lower() if isinstance(text, str) else ""
+    try:
+        raw = bytes.fromhex(digits)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise InvalidArgument(
+            f"bad certificate fingerprint {text!r}",
+            hint="Give the SHA-256 of the beacon's DER certificate as 64 hex digits, e.g. from: "
+            "openssl x509 -in beacon.pem -noout -fingerprint -sha256",
+        )
+    return raw
+
+
+#: settings written to config.json only when set
+_UNSET_NOT_SAVED = {"beacon_tls", "beacon_ca", "beacon_fingerprint"}
+
+
+def _worth_saving(attribute, value) -> bool:
+    return value is not None or attribute.name not in _UNSET_NOT_SAVED
+
+
 @attrs.define
 class NodeConfig:
     hostname: str | None = None
@@ -85,6 +110,12 @@ class NodeConfig:
     port: int = 0
     #: approve every incoming handshake request at once
     auto_approve: bool = False
+    #: the beacon's TCP/TLS relay HOST:PORT (None: the beacon's host, port 443)
+    beacon_tls: str | None = None
+    #: a PEM file of extra CA certificates to trust for the beacon (absolute path)
+    beacon_ca: str | None = None
+    #: SHA-256 of the beacon's certificate, hex: trust exactly that certificate
+    beacon_fingerprint: str | None = None
 
     def validate(self) -> "NodeConfig":
         if self.hostname is not None:
@@ -93,7 +124,19 @@ class NodeConfig:
             parse_hostport(self.beacon)
         if not isinstance(self.port, int) or not (0 <= self.port <= 65535):
             raise InvalidArgument(f"bad UDP port {self.port!r}")
+        if self.beacon_tls is not None:
+            parse_hostport(self.beacon_tls, DEFAULT_BEACON_TLS_PORT)
+        if self.beacon_fingerprint is not None:
+            parse_fingerprint(self.beacon_fingerprint)
         return self
+
+    def beacon_tls_hostport(self) -> tuple[str, int] | None:
+        """Where the beacon's TLS relay is: ``--beacon-tls``, else the beacon's host on 443."""
+        if self.beacon_tls is not None:
+            return parse_hostport(self.beacon_tls, DEFAULT_BEACON_TLS_PORT)
+        if self.beacon is None:
+            return None
+        return parse_hostport(self.beacon)[0], DEFAULT_BEACON_TLS_PORT
 
     def merged(self, **overrides) -> "NodeConfig":
         """A copy with every non-None override applied."""
@@ -119,7 +162,7 @@ class NodeConfig:
         tmp = path + ".tmp"
         try:
             with open(tmp, "w") as f:
-                json.dump(attrs.asdict(self), f, indent=2)
+                json.dump(attrs.asdict(self, filter=_worth_saving), f, indent=2)
                 f.write("\n")
             os.replace(tmp, path)
         except OSError as e:

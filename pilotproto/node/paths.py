@@ -137,7 +137,8 @@ class PeerPath:
     @property
     def kind(self) -> str:
         if not self._on_direct:
-            return self._relay_kind()
+            # Either side on the TLS relay makes the whole path a TCP one.
+            return "relay-tcp" if self.peer_nat == "udp_blocked" else self._relay_kind()
         if self.direct in self.lan_candidates:
             return "lan"
         if self.our_nat in FILTERING_NATS or self.peer_nat in FILTERING_NATS:

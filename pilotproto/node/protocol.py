@@ -11,7 +11,7 @@ import socket
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from ..wire import DecodeError, Endpoint
+from ..wire import DecodeError, Endpoint, is_stun
 from ..wire import beacon as msgs
 from ..wire import relay
 
@@ -57,6 +57,9 @@ class NodeDatagramProtocol(DatagramProtocol):
                     self.counters["dropped_unsolicited"] += 1
             elif data[:1] == bytes([relay.KIND_FROM_BEACON]):
                 if not self.node.relay_received(relay.decode_from_beacon(data), source):
+                    self.counters["dropped_unsolicited"] += 1
+            elif is_stun(data):
+                if not self.node.stun_received(data, source):
                     self.counters["dropped_unsolicited"] += 1
             elif self.node.tunnel_datagram_received(data, source):
                 pass

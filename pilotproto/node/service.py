@@ -17,20 +17,27 @@ import time
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from .. import __version__
 from ..errors import InvalidArgument, NotFound, PilotError, Unavailable
 from ..identity import Address, load_or_create
-from ..wire import Endpoint
+from ..wire import DecodeError, Endpoint
 from ..wire import KIND_TUNNEL_DATA, KIND_TUNNEL_INIT, relay
 from ..wire import beacon as msgs
 from .beacon_client import BeaconClient, SeqCounter
-from .config import CONTROL_SOCKET, NodeConfig, parse_hostport, resolve_home
+from .beacon_tls import BeaconTLSLink
+from .beacon_transport import BeaconTransport
+from .config import CONTROL_SOCKET, NodeConfig, parse_fingerprint, parse_hostport, resolve_home
+from .natprobe import NatProber
 from .protocol import NodeDatagramProtocol
 from .requests import BeaconRequests
 from ..trust.manager import TrustManager
 from .sessions import Sessions
+
+#: how often NAT discovery runs again without a reason (NATs change with networks)
+NAT_RECHECK_INTERVAL = 300.0
 
 
 class PilotNode(service.MultiService):
@@ -48,6 +55,9 @@ class PilotNode(service.MultiService):
         on_shutdown=None,
         allow_direct: bool = True,
         auto_approve: bool | None = None,
+        beacon_tls: str | None = None,
+        beacon_ca: str | None = None,
+        beacon_fingerprint: str | None = None,
     ):
         super().__init__()
         if reactor is None:
@@ -55,7 +65,8 @@ class PilotNode(service.MultiService):
         self.reactor = reactor
         self.home = resolve_home(home)
         self.config = NodeConfig.load(self.home).merged(
-            hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve
+            hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve,
+            beacon_tls=beacon_tls, beacon_ca=beacon_ca, beacon_fingerprint=beacon_fingerprint,
         )
         if not self.config.hostname:
             raise InvalidArgument("the node needs a hostname", hint="Pass --hostname NAME, or run: pilotctl init --hostname NAME")
@@ -82,6 +93,7 @@ class PilotNode(service.MultiService):
             on_registered=self._registered,
         )
         self.requests = BeaconRequests(reactor, self.identity, self._send_to_beacon, self.seq)
+        self.beacon_link, self.beacon_transport = self._beacon_transport(reactor)
         self.trust = TrustManager(
             reactor,
             self.identity,
@@ -105,10 +117,14 @@ class PilotNode(service.MultiService):
             send_relay=self.send_relay,
             lookup=self.lookup,
             local_candidates=self.local_candidates,
+            relay_kind=self.relay_kind,
             allow_direct=allow_direct,
         )
         #: NAT behaviour seen from here; "unknown" until discovery says otherwise
         self.nat_type = "unknown"
+        self.nat_prober = NatProber(reactor, self.protocol.send, self.source_endpoint, on_result=self._nat_discovered)
+        self._nat_recheck = LoopingCall(self._probe_nat)
+        self._nat_recheck.clock = reactor
 
     # -- identity ------------------------------------------------------------
 
@@ -156,13 +172,21 @@ class PilotNode(service.MultiService):
         self.beacon_endpoint = endpoint
         if self.running:
             self.beacon_client.start()
+            self.beacon_transport.start()
+            # Alongside registration, not after it: nothing waits for the result.
+            self._nat_recheck.start(NAT_RECHECK_INTERVAL, now=True)
 
     @defer.inlineCallbacks
     def stopService(self):
         self.sessions.stop()
         self.beacon_client.stop()
+        self.beacon_transport.stop()
+        yield self.beacon_link.when_closed()
         self.requests.cancel_all()
         self.trust.stop()
+        if self._nat_recheck.running:
+            self._nat_recheck.stop()
+        self.nat_prober.stop()
         if self._control_port is not None:
             yield defer.maybeDeferred(self._control_port.stopListening)
             self._control_port = None
@@ -176,18 +200,91 @@ class PilotNode(service.MultiService):
 
     # -- the beacon ----------------------------------------------------------------
 
+    def _beacon_transport(self, reactor):
+        host, port = self.config.beacon_tls_hostport()
+        fingerprint = self.config.beacon_fingerprint
+        link = BeaconTLSLink(
+            reactor,
+            host,
+            port,
+            ca_file=self.config.beacon_ca,
+            fingerprint=parse_fingerprint(fingerprint) if fingerprint else None,
+            on_datagram=self._beacon_stream_datagram,
+            on_up=self.beacon_client.transport_changed,
+        )
+        transport = BeaconTransport(
+            reactor,
+            hello_unanswered_since=lambda: self.beacon_client.hello_unanswered_since,
+            send_udp=lambda data: self.beacon_endpoint is not None and self.protocol.send(data, self.beacon_endpoint),
+            link=link,
+            on_change=lambda kind: self.beacon_client.transport_changed(),
+        )
+        return link, transport
+
     def _send_to_beacon(self, data: bytes) -> None:
+        if self.beacon_transport.kind == "tls" and self.beacon_link.send(data):
+            return
+        # UDP, or TLS that is not up (yet): try UDP rather than nothing; a
+        # beacon that was merely restarting answers there first.
         if self.beacon_endpoint is not None:
             self.protocol.send(data, self.beacon_endpoint)
 
-    def beacon_message_received(self, msg, source: Endpoint) -> bool:
+    def _beacon_stream_datagram(self, data: bytes) -> None:
+        """A datagram from the beacon over TLS: handled as if it came by UDP."""
+        counters, source = self.protocol.counters, self.beacon_endpoint
+        try:
+            if data[:1] == bytes([msgs.KIND]):
+                handled = self.beacon_message_received(msgs.decode(data), source, by_udp=False)
+            elif data[:1] == bytes([relay.KIND_FROM_BEACON]):
+                handled = self.relay_received(relay.decode_from_beacon(data), source)
+            else:
+                counters["tls_dropped_unknown_kind"] += 1
+                return
+            if not handled:
+                counters["dropped_unsolicited"] += 1
+        except DecodeError:
+            counters["dropped_malformed"] += 1
+        except Exception:
+            counters["internal_errors"] += 1
+            self.log.failure("node failed to handle a datagram from the beacon over TLS")
+
+    def relay_kind(self) -> str:
+        """How relayed packets travel from here: "relay" (UDP) or "relay-tcp" (TLS)."""
+        return "relay-tcp" if self.beacon_transport.kind == "tls" else "relay"
+
+    def beacon_message_received(self, msg, source: Endpoint, by_udp: bool = True) -> bool:
         if source != self.beacon_endpoint:
             return False
-        return (
+        if by_udp and self.beacon_transport.udp_message_received(msg):
+            return True
+        handled = (
             self.requests.message_received(msg)
             or self.beacon_client.message_received(msg)
             or self.trust.message_received(msg)
         )
+        self._check_reflexive_endpoint()
+        return handled
+
+    # -- NAT discovery ----------------------------------------------------------------
+
+    def stun_received(self, data: bytes, source: Endpoint) -> bool:
+        """A STUN datagram: an answer to NAT discovery, or nothing of ours."""
+        return self.nat_prober.datagram_received(data, source)
+
+    def _probe_nat(self):
+        if self.beacon_endpoint is not None:
+            self.nat_prober.start(self.beacon_endpoint)
+
+    def _check_reflexive_endpoint(self):
+        # A new public endpoint (rebinding, a new address, another network)
+        # may mean another NAT: classify again.
+        observed, probed = self.reflexive_endpoint, self.nat_prober.reflexive
+        if observed is not None and probed is not None and observed != probed:
+            self.log.info("public endpoint now {new} (NAT discovery saw {old}): discovering the NAT again", new=str(observed), old=str(probed))
+            self._probe_nat()
+
+    def _nat_discovered(self, nat_type: str) -> None:
+        self.nat_type = nat_type
 
     def relay_received(self, frame, source: Endpoint) -> bool:
         """A tunnel packet the beacon relayed from another node."""
@@ -210,7 +307,7 @@ class PilotNode(service.MultiService):
             return
         self._relay_counter += 1
         frame = relay.seal_to_beacon(self._relay_key, self.address.to_bytes(), destination, self._relay_counter, payload)
-        self.protocol.send(frame, self.beacon_endpoint)
+        self._send_to_beacon(frame)
 
     def _registered(self, observed):
         self.trust.registered()
@@ -243,13 +340,17 @@ class PilotNode(service.MultiService):
 
     @property
     def reflexive_endpoint(self) -> Endpoint | None:
-        return self.beacon_client.observed
+        # Over TLS the beacon sees our TCP address, which no peer can use.
+        return self.beacon_client.observed if self.beacon_transport.kind == "udp" else None
 
-    def lan_endpoints(self) -> list[Endpoint]:
-        """Our address on the local network, as a peer on the same LAN would reach it."""
+    def source_endpoint(self) -> Endpoint | None:
+        """The address and port our datagrams to the beacon leave from.
+
+        The socket is bound to the wildcard, so its own name does not say
+        which interface address the kernel sends from."""
         local = self.local_endpoint
         if local is None or self.beacon_endpoint is None:
-            return []
+            return None
         family = socket.AF_INET6 if ":" in self.beacon_endpoint.host else socket.AF_INET
         try:
             # Connecting a UDP socket sends nothing; it only asks the kernel
@@ -258,9 +359,13 @@ class PilotNode(service.MultiService):
                 probe.connect(self.beacon_endpoint.as_tuple())
                 host = probe.getsockname()[0]
         except OSError:
-            return []
-        ep = Endpoint(host, local.port)
-        return [] if ep == self.reflexive_endpoint else [ep]
+            return None
+        return Endpoint(host, local.port)
+
+    def lan_endpoints(self) -> list[Endpoint]:
+        """Our address on the local network, as a peer on the same LAN would reach it."""
+        ep = self.source_endpoint()
+        return [] if ep is None or ep == self.reflexive_endpoint else [ep]
 
     def local_candidates(self):
         """(nat_type, public endpoints, LAN endpoints) to offer a peer."""
@@ -299,7 +404,8 @@ class PilotNode(service.MultiService):
             "reflexive_endpoint": str(self.reflexive_endpoint) if self.reflexive_endpoint else None,
             "local_endpoint": str(self.local_endpoint) if self.local_endpoint else None,
             "nat_type": self.nat_type,
-            "beacon_error": self.beacon_client.last_error,
+            "beacon_transport": self.beacon_transport.kind,
+            "beacon_error": self.beacon_client.last_error or self.beacon_transport.last_error,
             "uptime_s": round(time.time() - self._started_at, 3) if self._started_at else 0.0,
             "pid": os.getpid(),
             "home": self.home,

@@ -19,11 +19,14 @@ from twisted.logger import Logger
 
 from ..errors import NotTrusted, PilotError, Refused, Timeout
 from ..identity import Address
+from ..streams import StreamConnection
+from ..streams.errors import ConnectionClosed
 from ..tunnel import TunnelEndpoint
 from ..wire import DecodeError, Endpoint
 from ..wire import session as smsg
 from .paths import PathTimers, PeerPath, direct_source, relay_source, source_endpoint
 
+STREAM_PACKET = b"\x10"
 CONNECT_TIMEOUT = 8.0
 CLOSE_GRACE = 0.2
 #: a CallMeMaybe not answered in this time is sent again, this many times
@@ -42,6 +45,8 @@ class PeerState:
         self.last_rtt: float | None = None
         self.heard_candidates_at: float | None = None
         self.call_timer = None
+        #: the reliable streams and datagrams multiplexed on this session
+        self.streams: StreamConnection | None = None
         self.up = False
 
     def label(self) -> str:
@@ -61,6 +66,8 @@ class Sessions:
         send_relay,
         lookup,
         local_candidates=lambda: ("unknown", (), ()),
+        on_stream=lambda state, stream, port: False,
+        on_datagram=lambda state, port, data: None,
         relay_kind=lambda: "relay",
         allow_direct=True,
         path_timers=PathTimers(),
@@ -72,6 +79,9 @@ class Sessions:
         self._send_relay = send_relay
         self._lookup = lookup
         self._local_candidates = local_candidates
+        self._on_stream = on_stream
+        self._on_stream_datagram = on_datagram
+        self._own_key = identity.public_key
         self._relay_kind = relay_kind
         self.allow_direct = allow_direct
         self.path_timers = path_timers
@@ -260,6 +270,7 @@ class Sessions:
             tunnel.send_data(smsg.encode(smsg.Close(smsg.CLOSE_REVOKED, "trust revoked")))
         if state is not None:
             self._fail_pings(state, Refused(f"trust in {state.label()} was revoked"))
+            self._close_streams(state, Refused(f"trust in {state.label()} was revoked"))
             self._halt(state)
         # Let the Close leave before the keys are gone.
         self._clock.callLater(CLOSE_GRACE, self.endpoint.remove_peer, key)
@@ -276,6 +287,7 @@ class Sessions:
                 tunnel.send_data(smsg.encode(smsg.Close(smsg.CLOSE_SHUTDOWN, "node shutting down")))
         for state in self.peers.values():
             self._fail_pings(state, PilotError("the node is shutting down"))
+            self._close_streams(state, ConnectionClosed("the node is shutting down"))
             self._halt(state)
         self.endpoint.stop()
 
@@ -298,6 +310,9 @@ class Sessions:
 
     def _on_data(self, key: bytes, plaintext: bytes) -> None:
         state = self._state(key)
+        if plaintext[:1] == STREAM_PACKET:
+            self.streams_for(state).packet_received(plaintext)
+            return
         source = self._source[0] if self._source else b"R"
         try:
             msg = smsg.decode(plaintext)
@@ -332,7 +347,7 @@ class Sessions:
         d, sent_at = waiting
         rtt_ms = round((self._clock.seconds() - sent_at) * 1000.0, 3)
         state.last_rtt = rtt_ms
-        path = state.path.kind if source[:1] == b"D" else self._relay_kind()
+        path = state.path.kind if source[:1] == b"D" or not state.path.using_direct() else "relay"
         d.callback({"rtt_ms": rtt_ms, "path": path, "bytes": len(msg.payload)})
 
     def _closed_by_peer(self, state, msg):
@@ -343,6 +358,7 @@ class Sessions:
             error = Refused(f"{state.label()} closed the session: {msg.message}")
         self.log.info("{peer} closed our session: {why}", peer=state.label(), why=msg.message)
         self._fail_pings(state, error)
+        self._close_streams(state, error)
         self._halt(state)
         state.up = False
         # Not from inside the tunnel's own packet handling.
@@ -385,6 +401,34 @@ class Sessions:
         nonce = int.from_bytes(os.urandom(8), "big")
         packet = tunnel.current.seal(smsg.encode(smsg.PathProbe(nonce)))
         self._send_datagram(packet, endpoint, ttl=ttl)
+
+    # -- streams ------------------------------------------------------------------
+
+    def streams_for(self, state: PeerState) -> StreamConnection:
+        """The stream multiplexer of ``state``'s session, made on first use."""
+        if state.streams is None:
+            tunnel = self.endpoint.peer(state.key)
+            state.streams = StreamConnection(
+                self._clock,
+                tunnel.send_data,
+                # Both sides must agree who is "low" so stream ids never collide.
+                self._own_key < state.key,
+                on_stream_opened=lambda stream, port: self._on_stream(state, stream, port),
+                on_datagram=lambda port, data: self._on_stream_datagram(state, port, data),
+            )
+        return state.streams
+
+    @defer.inlineCallbacks
+    def open_stream(self, target: str, port: int):
+        """A new stream to ``port`` on ``target``; fires with ``(peer state, stream)``."""
+        state = yield self.resolve(target)
+        yield self.connect(state)
+        return state, self.streams_for(state).open_stream(port)
+
+    def _close_streams(self, state: PeerState, error: PilotError) -> None:
+        streams, state.streams = state.streams, None
+        if streams is not None:
+            streams.close(error)
 
     def _halt(self, state: PeerState) -> None:
         state.path.stop()

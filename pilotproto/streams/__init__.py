@@ -1,0 +1,38 @@
+"""
+Reliable streams and unreliable datagrams over one encrypted session,
+modelled on QUIC (RFC 9000 / RFC 9002).  Pure and clock-driven: no sockets.
+
+See docs/streams.md for the wire format and the algorithms.
+"""
+
+from .connection import MAX_PACKET, StreamConnection
+from .errors import (
+    CODE_CANCELLED,
+    CODE_PROTOCOL,
+    CODE_REFUSED,
+    CODE_TOO_MANY_STREAMS,
+    ConnectionClosed,
+    ConnectionRefused,
+    DatagramTooLarge,
+    StreamError,
+    StreamReset,
+)
+from .recovery import NewReno
+from .stream import IStreamHandler, Stream
+
+__all__ = [
+    "CODE_CANCELLED",
+    "CODE_PROTOCOL",
+    "CODE_REFUSED",
+    "CODE_TOO_MANY_STREAMS",
+    "ConnectionClosed",
+    "ConnectionRefused",
+    "DatagramTooLarge",
+    "IStreamHandler",
+    "MAX_PACKET",
+    "NewReno",
+    "Stream",
+    "StreamConnection",
+    "StreamError",
+    "StreamReset",
+]

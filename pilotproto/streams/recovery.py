@@ -1,0 +1,283 @@
+"""
+Loss detection and congestion control for stream packets (RFC 9002).
+
+:class:`Recovery` tracks ack-eliciting packets in flight, estimates the
+round-trip time, declares packets lost by packet threshold (3) or time
+threshold (9/8 of the RTT), and computes the probe timeout.  It knows
+nothing about frames: each :class:`SentPacket` carries an opaque ``items``
+list that the connection interprets when the packet is acked or lost.
+
+The congestion controller is pluggable (:class:`NewReno` is the default) and
+:class:`Pacer` spreads a window's worth of packets over a round trip.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+PACKET_THRESHOLD = 3
+TIME_THRESHOLD = 9 / 8
+GRANULARITY = 0.001
+INITIAL_RTT = 0.333
+PERSISTENT_CONGESTION_THRESHOLD = 3
+
+IN_FLIGHT, ACKED, LOST = 0, 1, 2
+
+
+class SentPacket:
+    __slots__ = ("number", "time_sent", "size", "items", "state", "seq")
+
+    def __init__(self, number: int, time_sent: float, size: int, items: list, seq: int):
+        self.number = number
+        self.time_sent = time_sent
+        self.size = size
+        self.items = items
+        self.state = IN_FLIGHT
+        #: position among ack-eliciting packets: consecutive lost packets have consecutive seq
+        self.seq = seq
+
+
+class NewReno:
+    """RFC 9002 §7: slow start, congestion avoidance, one recovery period per loss event, persistent congestion."""
+
+    name = "newreno"
+    loss_reduction = 0.5
+
+    def __init__(self, max_packet: int):
+        self.max_packet = max_packet
+        self.min_window = 2 * max_packet
+        self.cwnd = min(10 * max_packet, max(14720, 2 * max_packet))
+        self.ssthresh = float("inf")
+        self.bytes_in_flight = 0
+        self.recovery_start: float | None = None
+
+    def on_sent(self, size: int) -> None:
+        self.bytes_in_flight += size
+
+    def can_send(self, size: int) -> bool:
+        return self.bytes_in_flight + size <= self.cwnd
+
+    def on_acked(self, packet: SentPacket, limited: bool) -> None:
+        self.bytes_in_flight -= packet.size
+        if self.recovery_start is not None and packet.time_sent <= self.recovery_start:
+            return
+        if limited:
+            # RFC 9002 §7.8: an under-used window says nothing about the path.
+            return
+        if self.cwnd < self.ssthresh:
+            self.cwnd += packet.size
+        else:
+            self.cwnd += self.max_packet * packet.size / self.cwnd
+
+    def on_lost(self, lost: list, now: float, persistent: bool) -> None:
+        newest = 0.0
+        for packet in lost:
+            self.bytes_in_flight -= packet.size
+            newest = max(newest, packet.time_sent)
+        if self.recovery_start is None or newest > self.recovery_start:
+            self.recovery_start = now
+            self.ssthresh = max(self.cwnd * self.loss_reduction, self.min_window)
+            self.cwnd = self.ssthresh
+        if persistent:
+            self.cwnd = self.min_window
+
+    def discard(self, packet: SentPacket) -> None:
+        self.bytes_in_flight -= packet.size
+
+
+class Pacer:
+    """A token bucket refilled at ``rate`` bytes/s; bursts up to ``capacity`` bytes."""
+
+    def __init__(self, max_packet: int, burst_packets: int = 10, granularity: float = 0.002):
+        self.max_packet = max_packet
+        self.burst_packets = burst_packets
+        self.granularity = granularity
+        self.capacity = burst_packets * max_packet
+        self.tokens = float(self.capacity)
+        self.rate = 0.0
+        self.last: float | None = None
+
+    def refill(self, now: float, rate: float) -> None:
+        # Timers fire no finer than ``granularity``: let a bucket hold that much.
+        self.rate = rate
+        self.capacity = max(self.burst_packets * self.max_packet, rate * self.granularity)
+        if self.last is not None:
+            self.tokens = min(self.capacity, self.tokens + (now - self.last) * rate)
+        self.last = now
+
+    def ready(self, size: int) -> bool:
+        return self.tokens >= size
+
+    def on_sent(self, size: int) -> None:
+        self.tokens -= size
+
+    def wait(self, size: int) -> float:
+        if self.rate <= 0:
+            return self.granularity
+        return max((size - self.tokens) / self.rate, 0.0005)
+
+
+class Recovery:
+    def __init__(self, controller, max_ack_delay: float = 0.025, initial_rtt: float = INITIAL_RTT):
+        self.cc = controller
+        self.max_ack_delay = max_ack_delay
+        self.sent: deque[SentPacket] = deque()
+        self.largest_acked = -1
+        self.loss_time: float | None = None
+        self.pto_count = 0
+        self.last_eliciting_sent: float | None = None
+        self.eliciting_in_flight = 0
+        self.latest_rtt = 0.0
+        self.smoothed_rtt = initial_rtt
+        self.rttvar = initial_rtt / 2
+        self.min_rtt = float("inf")
+        self.first_rtt_sample: float | None = None
+        self._seq = 0
+
+    # -- sending -------------------------------------------------------------
+
+    def on_sent(self, number: int, now: float, size: int, items: list) -> SentPacket:
+        packet = SentPacket(number, now, size, items, self._seq)
+        self._seq += 1
+        self.sent.append(packet)
+        self.eliciting_in_flight += 1
+        self.last_eliciting_sent = now
+        self.cc.on_sent(size)
+        return packet
+
+    # -- acknowledgements ----------------------------------------------------
+
+    def on_ack(self, ranges: tuple, delay: float, now: float, limited: bool):
+        """Apply one ACK frame; returns ``(newly_acked, lost)`` packet lists."""
+        largest = ranges[0][1]
+        if largest > self.largest_acked:
+            self.largest_acked = largest
+        ascending = ranges[::-1]
+        j = 0
+        last = len(ascending) - 1
+        acked = []
+        for packet in self.sent:
+            number = packet.number
+            if number > largest:
+                break
+            while ascending[j][1] < number and j < last:
+                j += 1
+            lo, hi = ascending[j]
+            if lo <= number <= hi and packet.state == IN_FLIGHT:
+                packet.state = ACKED
+                acked.append(packet)
+        if not acked:
+            return acked, []
+        self.eliciting_in_flight -= len(acked)
+        newest = acked[-1]
+        if newest.number == largest:
+            self._update_rtt(now - newest.time_sent, delay, now)
+        lost = self._detect_lost(now)
+        for packet in acked:
+            self.cc.on_acked(packet, limited)
+        self._trim()
+        self.pto_count = 0
+        return acked, lost
+
+    def _update_rtt(self, latest: float, ack_delay: float, now: float) -> None:
+        self.latest_rtt = latest
+        if self.first_rtt_sample is None:
+            self.first_rtt_sample = now
+            self.min_rtt = latest
+            self.smoothed_rtt = latest
+            self.rttvar = latest / 2
+            return
+        self.min_rtt = min(self.min_rtt, latest)
+        ack_delay = min(ack_delay, self.max_ack_delay)
+        adjusted = latest - ack_delay if latest >= self.min_rtt + ack_delay else latest
+        self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.smoothed_rtt - adjusted)
+        self.smoothed_rtt = 0.875 * self.smoothed_rtt + 0.125 * adjusted
+
+    def _detect_lost(self, now: float) -> list:
+        self.loss_time = None
+        delay = max(TIME_THRESHOLD * max(self.latest_rtt, self.smoothed_rtt), GRANULARITY)
+        largest = self.largest_acked
+        lost = []
+        for packet in self.sent:
+            if packet.number > largest:
+                break
+            if packet.state != IN_FLIGHT:
+                continue
+            # The same sum decides "lost" and sets the timer, so a timer never fires early by rounding.
+            deadline = packet.time_sent + delay
+            if deadline <= now or largest >= packet.number + PACKET_THRESHOLD:
+                packet.state = LOST
+                lost.append(packet)
+            else:
+                if self.loss_time is None or deadline < self.loss_time:
+                    self.loss_time = deadline
+        if lost:
+            self.eliciting_in_flight -= len(lost)
+            self.cc.on_lost(lost, now, self._persistent(lost))
+        return lost
+
+    def _persistent(self, lost: list) -> bool:
+        """RFC 9002 §7.6: a run of consecutive losses longer than the congestion period."""
+        if self.first_rtt_sample is None:
+            return False
+        period = (
+            self.smoothed_rtt + max(4 * self.rttvar, GRANULARITY) + self.max_ack_delay
+        ) * PERSISTENT_CONGESTION_THRESHOLD
+        start = None
+        previous = None
+        for packet in lost:
+            if packet.time_sent < self.first_rtt_sample:
+                start = None
+                continue
+            if start is None or packet.seq != previous.seq + 1:
+                start = packet
+            previous = packet
+            if packet.time_sent - start.time_sent > period:
+                return True
+        return False
+
+    def _trim(self) -> None:
+        sent = self.sent
+        while sent and sent[0].state != IN_FLIGHT:
+            sent.popleft()
+
+    # -- timers --------------------------------------------------------------
+
+    def pto_interval(self) -> float:
+        return (self.smoothed_rtt + max(4 * self.rttvar, GRANULARITY) + self.max_ack_delay) * (2**self.pto_count)
+
+    def deadline(self) -> float | None:
+        """When :meth:`on_timeout` should run next, or None."""
+        if self.loss_time is not None:
+            return self.loss_time
+        if not self.eliciting_in_flight or self.last_eliciting_sent is None:
+            return None
+        return self.last_eliciting_sent + self.pto_interval()
+
+    def on_timeout(self, now: float):
+        """The loss timer fired: returns ``(lost, probe)``; ``probe`` asks for probe packets."""
+        if self.loss_time is not None:
+            lost = self._detect_lost(now)
+            self._trim()
+            return lost, False
+        self.pto_count += 1
+        return [], True
+
+    def oldest_in_flight(self, count: int) -> list:
+        out = []
+        for packet in self.sent:
+            if packet.state == IN_FLIGHT:
+                out.append(packet)
+                if len(out) == count:
+                    break
+        return out
+
+    def discard_all(self) -> list:
+        """Forget every packet in flight (the connection is closing)."""
+        pending = [p for p in self.sent if p.state == IN_FLIGHT]
+        for packet in pending:
+            self.cc.discard(packet)
+        self.sent.clear()
+        self.eliciting_in_flight = 0
+        self.loss_time = None
+        return pending
