@@ -68,8 +68,8 @@ class PathTimers:
     keepalive_interval: float = 10.0
     #: a direct path is dead when nothing came back for this long and at
     #: least ``check_probes`` probes, ``check_interval`` apart, went unanswered
-    silence_after: float = 1.2
-    check_interval: float = 0.4
+    silence_after: float = 0.9
+    check_interval: float = 0.3
     check_probes: int = 3
     stale_after: float = 25.0
     retry_first: float = 5.0
@@ -172,6 +172,13 @@ class PeerPath:
         """An authenticated packet arrived from ``source``."""
         self.bytes_received += size
         endpoint = source_endpoint(source)
+        if endpoint is None and self._on_direct and self.unanswered_since is None:
+            # The peer is using the relay although we use the direct path:
+            # it has stopped hearing us there.  Check the path at once.
+            self.unanswered_since = self._clock.seconds()
+            self.unanswered_probes = 0
+            self._arm(0, self.keepalive_tick)
+            return
         if endpoint is None or not self.allow_direct:
             return
         if endpoint == self.direct:

@@ -34,6 +34,8 @@ from .natprobe import NatProber
 from .protocol import NodeDatagramProtocol
 from .requests import BeaconRequests
 from ..trust.manager import TrustManager
+from .ports import PortTable
+from .services import start_standard_services
 from .sessions import Sessions
 
 #: how often NAT discovery runs again without a reason (NATs change with networks)
@@ -119,7 +121,12 @@ class PilotNode(service.MultiService):
             local_candidates=self.local_candidates,
             relay_kind=self.relay_kind,
             allow_direct=allow_direct,
+            on_stream=lambda state, stream, port: self.ports.incoming(state, stream, port),
+            on_datagram=lambda state, port, data: self.ports.datagram(state, port, data),
         )
+        #: who listens on which virtual port
+        self.ports = PortTable(self)
+        start_standard_services(self.ports)
         #: NAT behaviour seen from here; "unknown" until discovery says otherwise
         self.nat_type = "unknown"
         self.nat_prober = NatProber(reactor, self.protocol.send, self.source_endpoint, on_result=self._nat_discovered)
@@ -140,6 +147,9 @@ class PilotNode(service.MultiService):
 
     def startService(self):
         super().startService()
+        from ..endpoints import running_nodes
+
+        running_nodes.add(self)
         self._started_at = time.time()
         self._udp_port = self.reactor.listenUDP(self.config.port, self.protocol)
         if self._control_enabled:
@@ -443,6 +453,14 @@ class PilotNode(service.MultiService):
             raise InvalidArgument("payload must be text")
         return self.ping(target, count, interval, reply_timeout, payload.encode("utf-8"))
 
+    def listen(self, port: int, factory):
+        """Run ``factory``'s protocols on every stream peers open to ``port``."""
+        return self.ports.listen(port, factory)
+
+    def dial(self, target: str, port: int, factory):
+        """Open a stream to ``port`` on ``target``; fires with the connected protocol."""
+        return self.ports.dial(target, port, factory)
+
     def ctl_peers(self):
         return {"peers": self.sessions.describe()}
 
@@ -483,6 +501,40 @@ class PilotNode(service.MultiService):
     def ctl_revoke(self, peer):
         # trust.revoke calls self.on_trust_revoked (through _trust_revoked).
         return self.trust.revoke(peer)
+
+    # -- stream commands --
+
+    @property
+    def inbox(self):
+        """Messages and files peers sent to port 1001 (:mod:`pilotproto.node.inbox`)."""
+        inbox = self.__dict__.get("_inbox")
+        if inbox is None:
+            from .inbox import Inbox
+
+            inbox = self._inbox = Inbox(self.home, self.reactor)
+        return inbox
+
+    @property
+    def stream_commands(self):
+        """The control socket's stream upgrades (:mod:`pilotproto.control.upgrade`)."""
+        commands = self.__dict__.get("_stream_commands")
+        if commands is None:
+            from ..control.upgrade import StreamCommands
+
+            commands = self._stream_commands = StreamCommands(self, self.reactor)
+        return commands
+
+    def ctl_connect(self, target, port):
+        return self.stream_commands.connect(target, port)
+
+    def ctl_listen(self, port):
+        return self.stream_commands.listen(port)
+
+    def ctl_accept(self, stream_id):
+        return self.stream_commands.accept(stream_id)
+
+    def ctl_recv(self, count=None, timeout=0):
+        return self.inbox.recv(count, timeout)
 
 
 __all__ = ["PilotNode", "PilotError"]

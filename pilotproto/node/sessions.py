@@ -321,7 +321,13 @@ class Sessions:
             return
         tunnel = self.endpoint.peers.get(key)
         if isinstance(msg, smsg.Ping):
-            tunnel.send_data(smsg.encode(smsg.Pong(msg.id, msg.payload)))
+            pong = smsg.encode(smsg.Pong(msg.id, msg.payload))
+            if source[:1] == b"R" and state.path.using_direct() and tunnel.current is not None:
+                # Answer on the path the ping took: the peer could not reach
+                # us directly, so our direct path may be dead too.
+                self._send_relay(state.path.address, tunnel.current.seal(pong))
+            else:
+                tunnel.send_data(pong)
         elif isinstance(msg, smsg.Pong):
             self._pong(state, msg, source)
         elif isinstance(msg, smsg.PathProbe):

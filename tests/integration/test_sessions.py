@@ -6,49 +6,22 @@ relay, tampered and replayed packets dropped, revocation.
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 
-from pilotproto.beacon.service import BeaconService
 from pilotproto.errors import NotFound, NotTrusted, Refused
-from pilotproto.node.service import PilotNode
 from pilotproto.wire import Endpoint
+
+from .inproc import make_node, sleep, start_beacon, stop_all, trust_each_other
 
 pytestmark = pytest.mark.integration
 DIRECT_KINDS = {"direct", "punched", "lan"}
 
 
-def sleep(seconds):
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
 @pytest.fixture
 def beacon():
-    service = BeaconService(reactor, interface="127.0.0.1", port=0)
-    service.startService()
-    seen = []
-    original = service.protocol.datagramReceived
-
-    def capture(data, addr):
-        seen.append(data)
-        original(data, addr)
-
-    service.protocol.datagramReceived = capture
-    service.seen = seen
+    service = start_beacon()
     yield service
     service.stopService()
-
-
-def make_node(tmp_path, beacon, name, **kw):
-    node = PilotNode(
-        home=str(tmp_path / name),
-        hostname=name,
-        beacon=f"127.0.0.1:{beacon.port}",
-        reactor=reactor,
-        control_socket=False,
-        **kw,
-    )
-    node.startService()
-    return node
 
 
 @pytest_twisted.async_yield_fixture
@@ -57,22 +30,7 @@ async def pair(tmp_path, beacon, request):
     a = make_node(tmp_path, beacon, "agent-a", allow_direct=allow_direct)
     b = make_node(tmp_path, beacon, "agent-b", allow_direct=allow_direct)
     yield a, b
-    await defer.gatherResults([defer.maybeDeferred(a.stopService), defer.maybeDeferred(b.stopService)])
-
-
-@defer.inlineCallbacks
-def trust_each_other(a, b):
-    """The real flow: a asks, b approves, both trust each other."""
-    yield a.trust.handshake("agent-b", "integration test")
-    for _ in range(50):
-        if b.trust.pending():
-            break
-        yield sleep(0.05)
-    b.trust.approve("agent-a")
-    for _ in range(50):
-        if a.trust.is_trusted(b.identity.public_key) and b.trust.is_trusted(a.identity.public_key):
-            break
-        yield sleep(0.05)
+    await stop_all(a, b)
 
 
 @pytest_twisted.inlineCallbacks

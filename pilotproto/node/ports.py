@@ -1,0 +1,157 @@
+"""
+Virtual ports: who listens where on this node, and dialling out.
+
+A stream names the 16-bit port it is for when it opens; ``PortTable``
+hands it to the factory listening there (a refusal goes back to the
+dialler as ``ConnectionRefused`` when nobody does).  ``dial`` opens a stream
+and, like TCP's connect, fires once the peer has accepted it, with the
+protocol already connected.
+"""
+
+from __future__ import annotations
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..errors import AlreadyRunning, InvalidArgument
+from ..streams.transport import PilotAddress, connect_protocol
+
+MAX_PORT = 0xFFFF
+
+
+def check_port(port) -> int:
+    if not isinstance(port, int) or isinstance(port, bool) or not (1 <= port <= MAX_PORT):
+        raise InvalidArgument(f"not a virtual port: {port!r}", hint="A port is a whole number from 1 to 65535.")
+    return port
+
+
+@implementer(IListeningPort)
+@attrs.define(eq=False)
+class PilotListeningPort:
+    table: "PortTable"
+    port: int
+    factory: object
+
+    def startListening(self):
+        pass
+
+    def stopListening(self):
+        self.table.stop_listening(self.port, self)
+        return defer.succeed(None)
+
+    def getHost(self):
+        return self.table.host_address(self.port)
+
+
+class _AwaitAccept:
+    """Holds a dialled stream until the peer accepts (or refuses) it."""
+
+    def __init__(self, deferred, accepted):
+        self._deferred = deferred
+        self._accepted = accepted
+
+    def accepted(self):
+        if not self._deferred.called:
+            self._accepted()
+
+    def stream_failed(self, reason):
+        if not self._deferred.called:
+            self._deferred.errback(reason)
+
+    def data_received(self, data):
+        pass  # not delivered before acceptance: the stream keeps it queued
+
+    def eof_received(self):
+        pass
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+    def send_finished(self):
+        pass
+
+    def stream_closed(self):
+        pass
+
+
+class PortTable:
+    log = Logger()
+
+    def __init__(self, node):
+        self._node = node
+        self._listeners: dict[int, PilotListeningPort] = {}
+        self._datagram_handlers: dict[int, object] = {}
+
+    def host_address(self, port: int) -> PilotAddress:
+        return PilotAddress(self._node.hostname, str(self._node.address), port)
+
+    # -- listening ---------------------------------------------------------------
+
+    def listen(self, port: int, factory) -> PilotListeningPort:
+        check_port(port)
+        if port in self._listeners:
+            raise AlreadyRunning(f"something already listens on port {port}", hint="Choose another port.")
+        listening = PilotListeningPort(self, port, factory)
+        self._listeners[port] = listening
+        factory.doStart()
+        return listening
+
+    def stop_listening(self, port: int, listening=None) -> None:
+        current = self._listeners.get(port)
+        if current is not None and (listening is None or current is listening):
+            del self._listeners[port]
+            current.factory.doStop()
+
+    def listening_ports(self) -> list[int]:
+        return sorted(self._listeners)
+
+    def incoming(self, state, stream, port: int) -> bool:
+        """A peer opened a stream to ``port``: run the listener's protocol on it."""
+        listening = self._listeners.get(port)
+        if listening is None:
+            return False
+        peer = PilotAddress(state.hostname, str(state.address), 0)
+        protocol = listening.factory.buildProtocol(peer)
+        if protocol is None:
+            return False
+        connect_protocol(stream, protocol, self.host_address(port), peer)
+        return True
+
+    # -- dialling --------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def dial(self, target: str, port: int, factory):
+        """Open a stream to ``target``'s ``port``; fires with the connected protocol."""
+        check_port(port)
+        state, stream = yield self._node.sessions.open_stream(target, port)
+        peer = PilotAddress(state.hostname, str(state.address), port)
+        accepted = defer.Deferred(lambda d: stream.reset(0))
+        stream.set_handler(_AwaitAccept(accepted, lambda: accepted.callback(None)))
+        yield accepted
+        protocol = factory.buildProtocol(peer)
+        if protocol is None:
+            stream.reset(0)
+            raise InvalidArgument("the protocol factory declined to build a protocol")
+        connect_protocol(stream, protocol, self.host_address(0), peer)
+        return protocol
+
+    # -- datagrams -------------------------------------------------------------------
+
+    def on_datagrams(self, port: int, handler) -> None:
+        """Call ``handler(peer_state, data)`` for every datagram to ``port`` (None: stop)."""
+        check_port(port)
+        if handler is None:
+            self._datagram_handlers.pop(port, None)
+        else:
+            self._datagram_handlers[port] = handler
+
+    def datagram(self, state, port: int, data: bytes) -> None:
+        handler = self._datagram_handlers.get(port)
+        if handler is not None:
+            handler(state, data)

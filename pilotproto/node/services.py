@@ -1,0 +1,44 @@
+"""
+The services every node runs on well-known ports.
+
+Port 7 is echo (RFC 862, over a stream): whatever arrives goes back, and the
+write side closes when the read side does, so ``pilotctl bench`` can measure
+goodput both ways through a real stream.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
+
+ECHO_PORT = 7
+
+
+@implementer(IHalfCloseableProtocol)
+class Echo(Protocol):
+    def connectionMade(self):
+        # Back-pressure: while our send buffer is full, stop reading.
+        self.transport.registerProducer(self.transport, True)
+
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+    def readConnectionLost(self):
+        self.transport.unregisterProducer()
+        self.transport.loseWriteConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+
+class EchoFactory(Factory):
+    protocol = Echo
+    noisy = False
+
+
+def start_standard_services(ports) -> None:
+    ports.listen(ECHO_PORT, EchoFactory())
+    from .inbox import start_inbox
+
+    start_inbox(ports)
