@@ -34,8 +34,26 @@ def run_ping(args, ctx) -> dict:
     return data
 
 
+def _tiers(data: dict) -> list[str]:
+    """How the session got here, in the seeds' words (relay first, then direct)."""
+    relay = "relay-tcp" if data.get("path") == "relay-tcp" else "relay"
+    lines = [f"Trying {relay}...      connected (end-to-end encrypted; the beacon sees no plaintext)"]
+    path, peer_nat, our_nat = data.get("path"), data.get("peer_nat"), data.get("our_nat")
+    if path in ("direct", "punched", "lan"):
+        lines.append(f"Trying hole-punch... {path} path to {data.get('endpoint')}")
+    elif "udp_blocked" in (peer_nat, our_nat) or path == "relay-tcp":
+        lines.append("Trying hole-punch... not possible (UDP is blocked on one side)")
+    elif peer_nat == "symmetric" and our_nat in ("symmetric", "port_restricted_cone"):
+        lines.append("Trying hole-punch... not possible (symmetric NAT on the remote side); staying on the relay")
+    elif our_nat == "symmetric" and peer_nat in ("symmetric", "port_restricted_cone"):
+        lines.append("Trying hole-punch... not possible (symmetric NAT here); staying on the relay")
+    else:
+        lines.append("Trying hole-punch... no direct path yet (still trying in the background)")
+    return lines
+
+
 def render_ping(data: dict) -> str:
-    lines = [f"PING {data['target']} ({data['address']}):"]
+    lines = _tiers(data) + [f"PING {data['target']} ({data['address']}):"]
     for i, reply in enumerate(data["replies"], 1):
         if reply is None:
             lines.append(f"  Request {i}: timed out")

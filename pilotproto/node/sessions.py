@@ -219,6 +219,9 @@ class Sessions:
             "avg_ms": round(sum(rtts) / len(rtts), 3) if rtts else None,
             "max_ms": max(rtts) if rtts else None,
             "path": state.path.kind,
+            "endpoint": str(state.path.direct) if state.path.using_direct() else None,
+            "our_nat": state.path.our_nat,
+            "peer_nat": state.path.peer_nat,
             "path_changes": state.path.switches + state.path.fallbacks,
         }
 

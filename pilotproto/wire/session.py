@@ -16,7 +16,8 @@ type   name          body
                      ``public`` endpoint list, ``lan`` endpoint list
 =====  ============  ==============================================
 
-Types from 0x10 up are reserved for the stream layer.
+Type 0x10 is a stream packet (:mod:`pilotproto.streams`); the sessions layer
+hands it to the stream connection before this codec sees it.
 """
 
 from __future__ import annotations
