@@ -195,9 +195,11 @@ def test_twistd_beacon_options_need_both_files_with_a_tls_port(tmp_path):
         tap.Options().parseOptions(["beacon", "--tls-port", "443"])
     pki = make_beacon_pki(str(tmp_path), ["127.0.0.1"])
     options = tap.Options()
-    options.parseOptions(["beacon", "--interface", "127.0.0.1", "--tls-port", "8443", "--tls-cert", pki.cert_file, "--tls-key", pki.key_file])
+    # UDP port 0: the UDP side binds a real loopback socket; never a fixed port in tests.
+    options.parseOptions(["beacon", "--interface", "127.0.0.1", "--port", "0", "--tls-port", "8443", "--tls-cert", pki.cert_file, "--tls-key", pki.key_file])
     reactor = MemoryReactorClock()
     service = tap.makeService(options, reactor=reactor)
     service.startService()
     [(port, factory, _, _, interface)] = reactor.sslServers
     assert (port, interface) == (8443, "127.0.0.1") and isinstance(factory, BeaconStreamFactory)
+    service.stopService()

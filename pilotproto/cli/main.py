@@ -26,7 +26,7 @@ from ..identity.address import Address
 from ..identity.keys import KEY_FILE
 from ..node.config import NodeConfig, check_hostname, resolve_home
 from . import daemon as daemon_control
-from . import lab_commands, session_commands
+from . import lab_commands, session_commands, stream_commands
 from .output import Output, interrupted, usage_error
 from .trust import add_trust_commands
 
@@ -303,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("target", metavar="NAME_OR_ADDRESS")
     add_trust_commands(commands, _subcommand)
     session_commands.add_commands(commands, _subcommand)
+    stream_commands.add_commands(commands, _subcommand)
     lab_commands.add_commands(commands, _subcommand, _global_options)
     demo = _subcommand(commands, "demo", "a two-agent tour on this machine, cleaned up afterwards", run_demo, None)
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) afterwards")

@@ -11,6 +11,10 @@ The handler is any object with ``ctl_*`` methods; each returns a dict (or
 None, sent as ``{}``) or a Deferred firing one.  A PilotError, raised or
 errbacked, is sent as that error; anything else is a bug, logged, and sent
 as ``internal``.
+
+A command may instead return an :class:`Upgrade`: after its ok line the
+connection stops carrying JSON and belongs to the object the upgrade names
+(a raw byte pipe to a stream, or a listener's event feed).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import socket
 import stat
 
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IHalfCloseableProtocol, IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..errors import AlreadyRunning, InvalidArgument, PilotError, StateError
 
@@ -41,6 +46,14 @@ _MAX_UNIX_PATH = 107  # sun_path is 108 bytes on Linux, one of them the NUL
 _COMMAND_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _HANDLER_PREFIX = "ctl_"
 
+UPGRADING_COMMANDS = frozenset({"connect", "accept", "listen"})
+"""Commands after which the client's bytes are no longer requests: nothing
+more on their connection is parsed as JSON while they run; bytes that arrive
+meanwhile go to the pipe if the command succeeds and are dropped if it fails."""
+
+#: bytes held for a pending upgrade before the connection stops reading
+_MAX_HELD = 256 * 1024
+
 log = Logger()
 
 
@@ -51,6 +64,23 @@ def command_names(handler) -> list[str]:
         for name in dir(handler)
         if name.startswith(_HANDLER_PREFIX) and callable(getattr(handler, name, None))
     )
+
+
+class Upgrade:
+    """
+    A command result that takes the connection over after the ok line.
+
+    ``take_over(transport)`` is called right after ``data`` was written as
+    the ok response and returns the connection's new owner: an object with
+    ``dataReceived(bytes)``, ``readConnectionLost()`` (the client half-closed)
+    and ``connectionLost(reason)``.  ``abandon()`` is called instead when the
+    client hung up before the answer could be sent.
+    """
+
+    def __init__(self, data: dict, take_over, abandon=None):
+        self.data = data
+        self.take_over = take_over
+        self.abandon = abandon
 
 
 class _Reject(Exception):
@@ -117,26 +147,40 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list:
         """Return the complete lines in ``data`` (without newline), and TOO_LONG markers."""
+        self.push(data)
+        return list(self.lines())
+
+    def push(self, data: bytes) -> None:
         self._buffer += data
-        out = []
+
+    def lines(self):
+        """Yield complete lines one at a time, consuming each before it is yielded,
+        so a caller that stops early leaves the rest in :meth:`take_rest`."""
         while True:
             newline = self._buffer.find(b"\n")
             if newline < 0:
                 if not self._skipping and len(self._buffer) >= self._limit:
-                    out.append(self.TOO_LONG)
                     self._skipping = True
+                    self._buffer = b""
+                    yield self.TOO_LONG
                 if self._skipping:
                     self._buffer = b""
-                return out
+                return
             line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
             if self._skipping:
                 self._skipping = False
             elif newline + 1 > self._limit:
-                out.append(self.TOO_LONG)
+                yield self.TOO_LONG
             else:
-                out.append(line.rstrip(b"\r"))
+                yield line.rstrip(b"\r")
+
+    def take_rest(self) -> bytes:
+        """The bytes after the last line taken (an upgraded connection's first raw bytes)."""
+        rest, self._buffer = self._buffer, b""
+        return rest
 
 
+@implementer(IHalfCloseableProtocol)
 class ControlProtocol(Protocol):
     """One client connection; thin: split lines, dispatch, write answers."""
 
@@ -144,6 +188,13 @@ class ControlProtocol(Protocol):
         self._handler = handler
         self._lines = LineSplitter()
         self._connected = False
+        #: the connection's owner after an Upgrade; no JSON is written once set
+        self._pipe = None
+        #: an upgrading command runs: client bytes are held, not parsed
+        self._holding = False
+        self._held = bytearray()
+        self._read_closed = False
+        self._paused = False
 
     def connectionMade(self):
         self._connected = True
@@ -152,9 +203,28 @@ class ControlProtocol(Protocol):
         # Commands already running finish (a shutdown must not be cut in
         # half because its caller hung up); their answers are dropped.
         self._connected = False
+        if self._pipe is not None:
+            self._pipe.connectionLost(reason)
+
+    def readConnectionLost(self):
+        self._read_closed = True
+        if self._pipe is not None:
+            self._pipe.readConnectionLost()
+        elif not self._holding:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
 
     def dataReceived(self, data: bytes):
-        for line in self._lines.feed(data):
+        if self._pipe is not None:
+            self._pipe.dataReceived(data)
+            return
+        if self._holding:
+            self._hold(data)
+            return
+        self._lines.push(data)
+        for line in self._lines.lines():
             if line is LineSplitter.TOO_LONG:
                 self._send(
                     encode_error(
@@ -165,18 +235,40 @@ class ControlProtocol(Protocol):
                         ),
                     )
                 )
-            elif line.strip():
-                self._request(line)
+            elif line.strip() and self._request(line):
+                # The rest is not requests: held, piped, or (if the command
+                # already failed) dropped.
+                rest = self._lines.take_rest()
+                if rest and (self._holding or self._pipe is not None):
+                    self.dataReceived(rest)
+                return
 
-    def _request(self, line: bytes):
+    def _hold(self, data: bytes):
+        self._held += data
+        if len(self._held) > _MAX_HELD and not self._paused:
+            # The client streams before the upgrade is answered: let the
+            # socket buffer take the rest.
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _unpause(self):
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _request(self, line: bytes) -> bool:
+        """Dispatch one request; True if it was an upgrading command."""
         try:
             request_id, cmd, args = parse_request(line)
             method = self._method(request_id, cmd, args)
         except _Reject as rejected:
             self._send(encode_error(rejected.request_id, rejected.error))
-            return
+            return False
+        upgrading = cmd in UPGRADING_COMMANDS
+        self._holding = upgrading
         d = maybeDeferred(method, **args)
         d.addCallbacks(self._succeeded, self._failed, callbackArgs=(request_id, cmd), errbackArgs=(request_id, cmd))
+        return upgrading
 
     def _method(self, request_id, cmd: str, args: dict):
         method = getattr(self._handler, _HANDLER_PREFIX + cmd, None)
@@ -199,6 +291,15 @@ class ControlProtocol(Protocol):
         return method
 
     def _succeeded(self, data, request_id, cmd):
+        if isinstance(data, Upgrade):
+            self._upgrade(data, request_id, cmd)
+            return
+        try:
+            self._answer(data, request_id, cmd)
+        finally:
+            self._release(cmd)
+
+    def _answer(self, data, request_id, cmd):
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -216,7 +317,49 @@ class ControlProtocol(Protocol):
             return
         self._send(line)
 
+    def _upgrade(self, upgrade: Upgrade, request_id, cmd):
+        if not self._connected or self._pipe is not None:
+            if upgrade.abandon is not None:
+                upgrade.abandon()
+            return
+        try:
+            line = encode_response(request_id, upgrade.data)
+        except (TypeError, ValueError) as e:
+            log.error("control command {cmd!r} returned unencodable data: {e}", cmd=cmd, e=e)
+            if upgrade.abandon is not None:
+                upgrade.abandon()
+            self._release(cmd)
+            self._send(encode_error(request_id, PilotError(f"command {cmd!r} returned a result that is not JSON")))
+            return
+        self._send(line)
+        self._holding = False
+        held, self._held = bytes(self._held), bytearray()
+        self._pipe = upgrade.take_over(self.transport)
+        self._unpause()
+        if held:
+            self._pipe.dataReceived(held)
+        if self._read_closed:
+            self._pipe.readConnectionLost()
+
+    def _release(self, cmd):
+        """An upgrading command failed (or did not upgrade): back to JSON lines."""
+        if cmd not in UPGRADING_COMMANDS or not self._holding:
+            return
+        self._holding = False
+        # Whatever the client sent for the stream that did not open has no meaning now.
+        self._held = bytearray()
+        if self._connected:
+            self._unpause()
+            if self._read_closed:
+                self.transport.loseConnection()
+
     def _failed(self, failure, request_id, cmd):
+        try:
+            self._report_failure(failure, request_id, cmd)
+        finally:
+            self._release(cmd)
+
+    def _report_failure(self, failure, request_id, cmd):
         if failure.check(PilotError):
             self._send(encode_error(request_id, failure.value))
             return
@@ -232,7 +375,7 @@ class ControlProtocol(Protocol):
         )
 
     def _send(self, line: bytes):
-        if self._connected:
+        if self._connected and self._pipe is None:
             self.transport.write(line)
 
 

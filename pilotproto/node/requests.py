@@ -16,7 +16,8 @@ from ..node.config import check_hostname
 from ..wire import beacon as msgs
 from .beacon_client import new_request_id
 
-RETRY_DELAYS = (0.5, 1.0, 1.5)
+# Five tries over ~8 s: a lookup must survive a lossy path (each try is one datagram each way).
+RETRY_DELAYS = (0.5, 1.0, 1.5, 2.0, 3.0)
 
 
 class _Pending:
