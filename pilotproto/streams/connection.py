@@ -26,9 +26,7 @@ from . import frames
 from .errors import CODE_REFUSED, CODE_TOO_MANY_STREAMS, ConnectionClosed, DatagramTooLarge
 from .flow import INITIAL_CONNECTION_CREDIT, INITIAL_STREAM_CREDIT, ReceiveWindow, SendCredit
 from .packets import ReceivedPackets
-from .bbr import BBR
-from .recovery import NewReno
-from .recovery import Pacer, Recovery
+from .recovery import NewReno, Pacer, Recovery
 from .stream import K_MAX_DATA, K_MAX_STREAM_DATA, K_RESET, K_STOP, K_STREAM, Stream
 from ..wire.codec import DecodeError
 
@@ -55,7 +53,7 @@ class StreamConnection:
         send_buffer: int = 4 * 1024 * 1024,
         max_ack_delay: float = 0.025,
         ack_every: int = 2,
-        congestion_control=BBR,
+        congestion_control=NewReno,
         pacing: bool = True,
         max_incoming_streams: int = 4096,
         datagram_queue: int = 256,
@@ -423,7 +421,7 @@ class StreamConnection:
         cc = self.recovery.cc
         pacer = self.pacer
         if self.pacing:
-            pacer.refill(now, cc.pacing_rate(self.recovery.smoothed_rtt))
+            pacer.refill(now, 1.25 * cc.cwnd / max(self.recovery.smoothed_rtt, 1e-4))
         size = self.max_packet
         paced_out = False
         while True:
@@ -433,11 +431,8 @@ class StreamConnection:
                 paced_out = True
             if not self._build(now, allowed and self._has_work()):
                 break
-        if self._has_work():
-            if paced_out and self._pace_call is None:
-                self._pace_call = self._clock.callLater(pacer.wait(size), self._pace_timer)
-        elif cc.bytes_in_flight + size <= cc.cwnd:
-            cc.on_app_limited()
+        if paced_out and self._has_work() and self._pace_call is None:
+            self._pace_call = self._clock.callLater(pacer.wait(size), self._pace_timer)
         deadline = self.recovery.deadline()
         if deadline is not None:
             call = self._loss_call
