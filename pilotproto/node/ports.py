@@ -36,7 +36,7 @@ class PilotListeningPort:
     factory: object
 
     def startListening(self):
-        pass
+        """Listening began when the port table made this object."""
 
     def stopListening(self):
         self.table.stop_listening(self.port, self)
@@ -61,23 +61,24 @@ class _AwaitAccept:
         if not self._deferred.called:
             self._deferred.errback(reason)
 
+    # Nothing reaches these before acceptance; data stays queued in the stream.
     def data_received(self, data):
-        pass  # not delivered before acceptance: the stream keeps it queued
+        """Not delivered before acceptance."""
 
     def eof_received(self):
-        pass
+        """Not delivered before acceptance."""
 
     def pause_writing(self):
-        pass
+        """Nothing written yet."""
 
     def resume_writing(self):
-        pass
+        """Nothing written yet."""
 
     def send_finished(self):
-        pass
+        """Nothing written yet."""
 
     def stream_closed(self):
-        pass
+        """Reported to the protocol once it is connected."""
 
 
 class PortTable:

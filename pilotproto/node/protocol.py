@@ -61,9 +61,7 @@ class NodeDatagramProtocol(DatagramProtocol):
             elif is_stun(data):
                 if not self.node.stun_received(data, source):
                     self.counters["dropped_unsolicited"] += 1
-            elif self.node.tunnel_datagram_received(data, source):
-                pass
-            else:
+            elif not self.node.tunnel_datagram_received(data, source):
                 self.counters["dropped_unknown_kind"] += 1
         except DecodeError:
             self.counters["dropped_malformed"] += 1

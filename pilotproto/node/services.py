@@ -29,7 +29,7 @@ class Echo(Protocol):
         self.transport.loseWriteConnection()
 
     def writeConnectionLost(self):
-        pass
+        """Our FIN went out after the peer's: nothing left to do."""
 
 
 class EchoFactory(Factory):
