@@ -249,7 +249,7 @@ def test_packet_numbers_are_never_reused_even_when_data_is_retransmitted():
 
 
 def test_congestion_window_grows_in_slow_start_and_drops_on_loss():
-    h = Harness(link=dict(delay=0.01, bandwidth=20e6, queue_bytes=200_000))
+    h = Harness(link=dict(delay=0.01, bandwidth=20e6, queue_bytes=200_000), congestion_control=NewReno)
     samples = []
     h.ab.tap = lambda packet: samples.append((h.a.stats["packets_lost"], h.a.cc.cwnd))
     initial = h.a.cc.cwnd

@@ -23,10 +23,11 @@ from collections import Counter, deque
 from twisted.logger import Logger
 
 from . import frames
+from .bbr import BBR
 from .errors import CODE_REFUSED, CODE_TOO_MANY_STREAMS, ConnectionClosed, DatagramTooLarge
 from .flow import INITIAL_CONNECTION_CREDIT, INITIAL_STREAM_CREDIT, ReceiveWindow, SendCredit
 from .packets import ReceivedPackets
-from .recovery import NewReno, Pacer, Recovery
+from .recovery import Pacer, Recovery
 from .stream import K_MAX_DATA, K_MAX_STREAM_DATA, K_RESET, K_STOP, K_STREAM, Stream
 from ..wire.codec import DecodeError
 
@@ -53,7 +54,7 @@ class StreamConnection:
         send_buffer: int = 4 * 1024 * 1024,
         max_ack_delay: float = 0.025,
         ack_every: int = 2,
-        congestion_control=NewReno,
+        congestion_control=BBR,
         pacing: bool = True,
         max_incoming_streams: int = 4096,
         datagram_queue: int = 256,
@@ -421,7 +422,7 @@ class StreamConnection:
         cc = self.recovery.cc
         pacer = self.pacer
         if self.pacing:
-            pacer.refill(now, 1.25 * cc.cwnd / max(self.recovery.smoothed_rtt, 1e-4))
+            pacer.refill(now, cc.pacing_rate(self.recovery.smoothed_rtt))
         size = self.max_packet
         paced_out = False
         while True:
@@ -431,8 +432,11 @@ class StreamConnection:
                 paced_out = True
             if not self._build(now, allowed and self._has_work()):
                 break
-        if paced_out and self._has_work() and self._pace_call is None:
-            self._pace_call = self._clock.callLater(pacer.wait(size), self._pace_timer)
+        if self._has_work():
+            if paced_out and self._pace_call is None:
+                self._pace_call = self._clock.callLater(pacer.wait(size), self._pace_timer)
+        elif cc.bytes_in_flight + size <= cc.cwnd:
+            cc.on_app_limited()
         deadline = self.recovery.deadline()
         if deadline is not None:
             call = self._loss_call

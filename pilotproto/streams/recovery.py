@@ -7,8 +7,13 @@ threshold (9/8 of the RTT), and computes the probe timeout.  It knows
 nothing about frames: each :class:`SentPacket` carries an opaque ``items``
 list that the connection interprets when the packet is acked or lost.
 
-The congestion controller is pluggable (:class:`NewReno` is the default) and
-:class:`Pacer` spreads a window's worth of packets over a round trip.
+The congestion controller is pluggable: :class:`NewReno` here, a BBR-style
+model in :mod:`pilotproto.streams.bbr`; :class:`Pacer` spreads sending at the
+controller's ``pacing_rate``.  A controller provides ``cwnd``,
+``bytes_in_flight``, ``can_send(size)``, ``on_packet_sent(packet, now)``,
+``on_acked(packet, limited)``, ``on_lost(lost, now, persistent)``,
+``on_ack_finished(now)``, ``on_app_limited()``, ``discard(packet)`` and
+``pacing_rate(smoothed_rtt)``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ IN_FLIGHT, ACKED, LOST = 0, 1, 2
 
 
 class SentPacket:
-    __slots__ = ("number", "time_sent", "size", "items", "state", "seq")
+    __slots__ = (
+        "number", "time_sent", "size", "items", "state", "seq",
+        "delivered", "delivered_time", "first_sent_time", "app_limited",
+    )  # fmt: skip
 
     def __init__(self, number: int, time_sent: float, size: int, items: list, seq: int):
         self.number = number
@@ -35,6 +43,12 @@ class SentPacket:
         self.state = IN_FLIGHT
         #: position among ack-eliciting packets: consecutive lost packets have consecutive seq
         self.seq = seq
+        # Delivery-rate sampling (set by a controller that samples, see bbr.py): how much the
+        # connection had delivered, and when, as this packet left.
+        self.delivered = 0
+        self.delivered_time = time_sent
+        self.first_sent_time = time_sent
+        self.app_limited = False
 
 
 class NewReno:
@@ -53,6 +67,19 @@ class NewReno:
 
     def on_sent(self, size: int) -> None:
         self.bytes_in_flight += size
+
+    def on_packet_sent(self, packet: SentPacket, now: float) -> None:
+        self.bytes_in_flight += packet.size
+
+    def on_ack_finished(self, now: float) -> None:
+        """Every packet of one ACK frame has been through ``on_lost``/``on_acked``."""
+
+    def on_app_limited(self) -> None:
+        """The sender ran out of data with window to spare (NewReno reads ``limited`` per ACK instead)."""
+
+    def pacing_rate(self, smoothed_rtt: float) -> float:
+        """Bytes per second: RFC 9002 §7.7's ``1.25 · cwnd / srtt``."""
+        return 1.25 * self.cwnd / max(smoothed_rtt, 1e-4)
 
     def can_send(self, size: int) -> bool:
         return self.bytes_in_flight + size <= self.cwnd
@@ -142,7 +169,7 @@ class Recovery:
         self.sent.append(packet)
         self.eliciting_in_flight += 1
         self.last_eliciting_sent = now
-        self.cc.on_sent(size)
+        self.cc.on_packet_sent(packet, now)
         return packet
 
     # -- acknowledgements ----------------------------------------------------
@@ -173,8 +200,10 @@ class Recovery:
         if newest.number == largest:
             self._update_rtt(now - newest.time_sent, delay, now)
         lost = self._detect_lost(now)
+        cc = self.cc
         for packet in acked:
-            self.cc.on_acked(packet, limited)
+            cc.on_acked(packet, limited)
+        cc.on_ack_finished(now)
         self._trim()
         self.pto_count = 0
         return acked, lost
