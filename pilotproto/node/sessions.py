@@ -27,7 +27,7 @@ from ..wire import session as smsg
 from .paths import PathTimers, PeerPath, direct_source, relay_source, source_endpoint
 
 STREAM_PACKET = b"\x10"
-CONNECT_TIMEOUT = 8.0
+CONNECT_TIMEOUT = 15.0
 CLOSE_GRACE = 0.2
 #: a CallMeMaybe not answered in this time is sent again, this many times
 CALL_ME_MAYBE_RETRY = 0.7
