@@ -214,7 +214,7 @@ class ControlProtocol(Protocol):
             self.transport.loseConnection()
 
     def writeConnectionLost(self):
-        pass
+        """Our write side closed; the read side decides when we are done."""
 
     def dataReceived(self, data: bytes):
         if self._pipe is not None:

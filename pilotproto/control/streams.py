@@ -90,13 +90,13 @@ class PipeTransport:
         return True
 
     def setTcpNoDelay(self, enabled):
-        pass
+        """Not applicable: there is no TCP socket to tune."""
 
     def getTcpKeepAlive(self):
         return False
 
     def setTcpKeepAlive(self, enabled):
-        pass
+        """Not applicable: the session has its own keepalives."""
 
 
 @implementer(IHalfCloseableProtocol)
@@ -221,7 +221,7 @@ class DaemonListeningPort:
         self._closed = defer.Deferred()
 
     def startListening(self):
-        pass
+        """Listening began when this object was made."""
 
     def stopListening(self):
         self._link.transport.loseConnection()

@@ -69,7 +69,7 @@ class StreamEnd(Protocol):
             self._eof = True
 
     def writeConnectionLost(self):
-        pass
+        """Our write side closed; the read side decides when we are done."""
 
     def connectionLost(self, reason=None):
         self._lost = True

@@ -331,7 +331,7 @@ class InboxProtocol(Protocol):
             self._finish(ProtocolError(f"the stream ended early ({got})").to_dict())
 
     def writeConnectionLost(self):
-        pass
+        """Our write side closed; the read side decides when we are done."""
 
     def connectionLost(self, reason=None):
         self._done = True

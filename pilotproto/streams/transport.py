@@ -104,13 +104,13 @@ class StreamTransport:
         return True
 
     def setTcpNoDelay(self, enabled):
-        pass
+        """Not applicable: there is no TCP socket to tune."""
 
     def getTcpKeepAlive(self):
         return False
 
     def setTcpKeepAlive(self, enabled):
-        pass
+        """Not applicable: the session has its own keepalives."""
 
     # -- IPushProducer: the data this transport delivers to the protocol ----------
 

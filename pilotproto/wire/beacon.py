@@ -154,7 +154,7 @@ class Keepalive:
     signature: bytes = attrs.field(default=b"\x00" * SIG_SIZE, repr=False)
 
     def write_body(self, w: Writer) -> None:
-        pass
+        """No body: the header (and signature) say it all."""
 
     @classmethod
     def read_body(cls, r: Reader, **kw):
@@ -195,7 +195,7 @@ class Unregister:
     signature: bytes = attrs.field(default=b"\x00" * SIG_SIZE, repr=False)
 
     def write_body(self, w: Writer) -> None:
-        pass
+        """No body: the header (and signature) say it all."""
 
     @classmethod
     def read_body(cls, r: Reader, **kw):
@@ -275,7 +275,7 @@ class Ok:
     request_id: int
 
     def write_body(self, w: Writer) -> None:
-        pass
+        """No body: the header (and signature) say it all."""
 
     @classmethod
     def read_body(cls, r: Reader, **kw):
