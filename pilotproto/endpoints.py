@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndp
 from zope.interface import implementer
 
 from .errors import InvalidArgument
-from .node.ports import check_port
+from .common.names import check_port, parse_port
 
 #: PilotNodes running in this process (filled in by PilotNode.startService)
 running_nodes: "weakref.WeakSet" = weakref.WeakSet()
@@ -27,7 +27,7 @@ running_nodes: "weakref.WeakSet" = weakref.WeakSet()
 
 def node_for(reactor, home: str | None = None):
     """The node an endpoint should use: one in this process, else the daemon at ``home``."""
-    from .node.config import resolve_home
+    from .common.home import resolve_home
 
     if home is not None:
         home = resolve_home(home)
@@ -71,13 +71,6 @@ class PilotServerEndpoint:
         return defer.maybeDeferred(self._node.listen, self._port, protocol_factory)
 
 
-def _port_number(text) -> int:
-    try:
-        return check_port(int(text))
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"not a virtual port: {text!r}", hint="A port is a whole number from 1 to 65535.") from None
-
-
 def _only(kwargs: dict, allowed: set) -> None:
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
@@ -97,7 +90,7 @@ def client_from_string(reactor, *args, **kwargs) -> PilotClientEndpoint:
         raise InvalidArgument(f"unexpected pilot endpoint arguments: {args}", hint="Write pilot:PEER:PORT")
     if not peer or port is None:
         raise InvalidArgument("a pilot client endpoint needs a peer and a port", hint="Write pilot:PEER:PORT, e.g. pilot:agent-b:1001")
-    return PilotClientEndpoint(node_for(reactor, kwargs.get("home")), peer, _port_number(port))
+    return PilotClientEndpoint(node_for(reactor, kwargs.get("home")), peer, parse_port(port))
 
 
 def server_from_string(reactor, *args, **kwargs) -> PilotServerEndpoint:
@@ -107,6 +100,6 @@ def server_from_string(reactor, *args, **kwargs) -> PilotServerEndpoint:
     port = kwargs.get("port") or (args.pop(0) if args else None)
     if args or port is None:
         raise InvalidArgument("a pilot server endpoint needs exactly one port", hint="Write pilot:PORT, e.g. pilot:80")
-    return PilotServerEndpoint(node_for(reactor, kwargs.get("home")), _port_number(port))
+    return PilotServerEndpoint(node_for(reactor, kwargs.get("home")), parse_port(port))
 
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 from twisted.application import service
 from twisted.python import usage
 
+from .common.names import check_udp_port
 from .errors import PilotError
 
 
 def _port(value: str) -> int:
-    if not value.isdigit() or not (0 <= int(value) <= 65535):
-        raise usage.UsageError(f"not a port number: {value!r}")
-    return int(value)
+    try:
+        return check_udp_port(value)
+    except PilotError as e:
+        raise usage.UsageError(e.message) from None
 
 
 class BeaconOptions(usage.Options):

@@ -5,7 +5,7 @@ from twisted.internet.task import Clock
 
 from pilotproto.beacon.server import BeaconServer
 from pilotproto.identity import Identity
-from pilotproto.node.beacon_client import BeaconClient
+from pilotproto.rendezvous.registration import BeaconClient
 from pilotproto.wire import Endpoint
 from pilotproto.wire import beacon as msgs
 

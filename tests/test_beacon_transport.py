@@ -8,8 +8,8 @@ import random
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from pilotproto.node.beacon_tls import FIRST_RETRY, MAX_RETRY, BeaconTLSLink
-from pilotproto.node.beacon_transport import CHECK_INTERVAL, UDP_GIVE_UP, UDP_PROBE_INTERVAL, BeaconTransport
+from pilotproto.rendezvous.tls import FIRST_RETRY, MAX_RETRY, BeaconTLSLink
+from pilotproto.rendezvous.transport import CHECK_INTERVAL, UDP_GIVE_UP, UDP_PROBE_INTERVAL, BeaconTransport
 from pilotproto.wire import Endpoint
 from pilotproto.wire import beacon as msgs
 

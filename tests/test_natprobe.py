@@ -13,7 +13,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from pilotproto.beacon.server import BeaconServer
-from pilotproto.node.natprobe import DEADLINE, TRIES, TRY_INTERVAL, NatProber
+from pilotproto.session.natprobe import DEADLINE, TRIES, TRY_INTERVAL, NatProber
 from pilotproto.wire import Endpoint
 from pilotproto.wire import stun
 

@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from pilotproto.identity import Identity
-from pilotproto.node.sessions import Sessions
+from pilotproto.session.sessions import Sessions
 from pilotproto.wire import Endpoint
 
 A_EP = Endpoint("198.51.100.1", 4000)

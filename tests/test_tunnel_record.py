@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from pilotproto.errors import PilotError
 from pilotproto.tunnel.errors import KeyExpired, ReplayError, TunnelAuthError
 from pilotproto.tunnel.record import Limits, Session, TransportKeys
-from pilotproto.tunnel.replay import ReplayWindow
+from pilotproto.common.replay import ReplayWindow
 from pilotproto.wire.tunnel import TunnelData
 
 K1, K2 = b"\x01" * 32, b"\x02" * 32

@@ -23,7 +23,7 @@ import attrs
 
 from ..errors import NameTaken, Refused
 from ..identity import Address
-from ..tunnel.replay import ReplayWindow
+from ..common.replay import ReplayWindow
 from ..wire.codec import Endpoint
 
 DEFAULT_TTL = 30

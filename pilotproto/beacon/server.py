@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from ..errors import InvalidArgument, PilotError
 from ..identity import Address, verify_signature, x25519_from_ed25519_public
-from ..node.config import check_hostname
+from ..common.names import check_hostname
 from ..wire import DecodeError, Endpoint, is_stun
 from ..wire import beacon as msgs
 from ..wire import relay

@@ -22,9 +22,9 @@ import attrs
 from .. import __version__, identity
 from ..control.client import ControlClient
 from ..errors import InvalidArgument, PilotError
-from ..identity.address import Address
 from ..identity.keys import KEY_FILE
-from ..node.config import NodeConfig, check_hostname, resolve_home
+from ..common.names import check_hostname, check_target
+from ..node.config import NodeConfig, resolve_home
 from . import daemon as daemon_control
 from . import lab_commands, session_commands, stream_commands
 from .output import Output, interrupted, usage_error
@@ -197,19 +197,6 @@ def render_info(data: dict) -> str:
             value = "-"
         lines.append(f"{label + ':':<{width}} {value}")
     return "\n".join(lines)
-
-
-def check_target(target: str) -> str:
-    """A lookup target is a hostname or an address; say which is wrong early."""
-    if Address.looks_like(target):
-        return str(Address.parse(target))
-    try:
-        return check_hostname(target)
-    except InvalidArgument:
-        raise InvalidArgument(
-            f"{target!r} is neither a hostname nor an address",
-            hint="Give a hostname like agent-b or an address like 0:A91F.0000.7C2E",
-        ) from None
 
 
 def run_lookup(args, ctx: Context) -> dict:

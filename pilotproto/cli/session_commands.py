@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..common.names import check_target
 from ..control.client import ControlClient
 from ..errors import InvalidArgument, Timeout
 
@@ -10,8 +11,6 @@ HANDSHAKE_ALLOWANCE = 12.0
 
 
 def run_ping(args, ctx) -> dict:
-    from .main import check_target
-
     if not (1 <= args.count <= 10_000):
         raise InvalidArgument("--count must be from 1 to 10000")
     if not (0 <= args.interval <= 60) or not (0 < args.timeout <= 60):

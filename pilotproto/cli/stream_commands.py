@@ -14,11 +14,12 @@ import socket
 import sys
 import time
 
+from ..common.names import check_target
 from ..control.client import ControlClient
 from ..control.pipe import CHUNK, accept_stream, listen_port, open_stream
-from ..errors import InvalidArgument, NotFound, PilotError, ProtocolError, Timeout
+from ..errors import InvalidArgument, NotFound, ProtocolError, Timeout
 from ..node.inbox import INBOX_PORT, MAX_MESSAGE, encode_header, parse_reply
-from ..node.ports import check_port
+from ..common.names import check_port
 from ..node.services import ECHO_PORT
 
 MIB = 1024 * 1024
@@ -27,8 +28,6 @@ MAX_COLLECT = 16 * MIB
 
 
 def _target(text: str) -> str:
-    from .main import check_target
-
     return check_target(text)
 
 

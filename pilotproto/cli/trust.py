@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import time
 
+from ..common.names import check_target
 from ..control.client import ControlClient
 from ..errors import InvalidArgument
 from ..identity.address import Address
-from ..node.config import check_hostname
+from ..common.names import check_hostname
 from ..wire.beacon import MAX_REASON
 
 #: A handshake waits for the beacon's acknowledgement (up to ~7.5 s of resends).
@@ -46,8 +47,6 @@ def _when(seconds) -> str:
 
 
 def run_handshake(args, ctx) -> dict:
-    from .main import check_target
-
     target = check_target(args.peer)
     reason = args.reason
     if not reason.strip():

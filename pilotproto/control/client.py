@@ -16,7 +16,7 @@ import socket
 import time
 
 from ..errors import NotRunning, PermissionDenied, PilotError, ProtocolError, Timeout
-from ..node.config import CONTROL_SOCKET, resolve_home
+from ..common.home import CONTROL_SOCKET, resolve_home
 from .server import MAX_RESPONSE_LINE, check_socket_path
 
 DEFAULT_TIMEOUT = 10.0

@@ -29,8 +29,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import NotRunning, PilotError, ProtocolError
-from ..node.config import CONTROL_SOCKET
-from ..node.ports import check_port
+from ..common.home import CONTROL_SOCKET
+from ..common.names import check_port
 from ..streams.transport import PilotAddress
 from .server import MAX_RESPONSE_LINE
 

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..errors import InvalidArgument, NotFound, Timeout
-from ..node.ports import check_port
+from ..common.names import check_port
 from .server import Upgrade
 
 #: seconds an incoming stream waits for its ``accept``

@@ -17,36 +17,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
 
 import attrs
 
+from ..common.home import CONFIG_FILE, CONTROL_SOCKET, LOG_FILE, PID_FILE, resolve_home  # noqa: F401  (re-exported)
+from ..common.names import check_hostname  # noqa: F401  (re-exported)
 from ..errors import InvalidArgument, StateError
-
-CONFIG_FILE = "config.json"
-CONTROL_SOCKET = "control.sock"
-PID_FILE = "daemon.pid"
-LOG_FILE = "daemon.log"
 
 DEFAULT_BEACON_PORT = 9000
 DEFAULT_BEACON_TLS_PORT = 443
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-def resolve_home(home: str | None = None) -> str:
-    """The home directory to use: the argument, else $PILOT_HOME, else ~/.pilot."""
-    home = home or os.environ.get("PILOT_HOME") or os.path.join(os.path.expanduser("~"), ".pilot")
-    return os.path.abspath(home)
-
-
-def check_hostname(name: str) -> str:
-    """Return ``name`` if it is a valid pilot hostname, else raise InvalidArgument."""
-    if not isinstance(name, str) or not _HOSTNAME.match(name):
-        raise InvalidArgument(
-            f"invalid hostname {name!r}",
-            hint="Use 1-63 lower-case letters, digits and '-', not starting or ending with '-'.",
-        )
-    return name
 
 
 def parse_hostport(text: str, default_port: int = DEFAULT_BEACON_PORT) -> tuple[str, int]:

@@ -343,14 +343,8 @@ class InboxProtocol(Protocol):
 class InboxFactory(Factory):
     noisy = False
 
-    def __init__(self, inbox_of):
-        self._inbox_of = inbox_of
+    def __init__(self, inbox: Inbox):
+        self._inbox = inbox
 
     def buildProtocol(self, addr):
-        return InboxProtocol(self._inbox_of(), addr)
-
-
-def start_inbox(ports) -> None:
-    """Listen on port 1001 for ``ports``' node; the Inbox itself is the node's ``inbox``."""
-    # The node builds its inbox on first use; the port table is the node's own.
-    ports.listen(INBOX_PORT, InboxFactory(lambda: ports._node.inbox))
+        return InboxProtocol(self._inbox, addr)

@@ -16,17 +16,10 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..common.names import check_port
 from ..errors import AlreadyRunning, InvalidArgument
+from ..interfaces import ISessions, IStreamAcceptor
 from ..streams.transport import PilotAddress, connect_protocol
-
-MAX_PORT = 0xFFFF
-
-
-def check_port(port) -> int:
-    if not isinstance(port, int) or isinstance(port, bool) or not (1 <= port <= MAX_PORT):
-        raise InvalidArgument(f"not a virtual port: {port!r}", hint="A port is a whole number from 1 to 65535.")
-    return port
-
 
 @implementer(IListeningPort)
 @attrs.define(eq=False)
@@ -81,16 +74,21 @@ class _AwaitAccept:
         """Reported to the protocol once it is connected."""
 
 
+@implementer(IStreamAcceptor)
+@attrs.define(eq=False)
 class PortTable:
+    """Who listens on which virtual port of the node ``hostname``/``address``."""
+
+    hostname: str
+    address: str
+    sessions: object = attrs.field(validator=attrs.validators.provides(ISessions))
+    _listeners: dict = attrs.field(factory=dict, init=False)
+    _datagram_handlers: dict = attrs.field(factory=dict, init=False)
+
     log = Logger()
 
-    def __init__(self, node):
-        self._node = node
-        self._listeners: dict[int, PilotListeningPort] = {}
-        self._datagram_handlers: dict[int, object] = {}
-
     def host_address(self, port: int) -> PilotAddress:
-        return PilotAddress(self._node.hostname, str(self._node.address), port)
+        return PilotAddress(self.hostname, self.address, port)
 
     # -- listening ---------------------------------------------------------------
 
@@ -112,7 +110,7 @@ class PortTable:
     def listening_ports(self) -> list[int]:
         return sorted(self._listeners)
 
-    def incoming(self, state, stream, port: int) -> bool:
+    def stream_opened(self, state, stream, port: int) -> bool:
         """A peer opened a stream to ``port``: run the listener's protocol on it."""
         listening = self._listeners.get(port)
         if listening is None:
@@ -130,7 +128,7 @@ class PortTable:
     def dial(self, target: str, port: int, factory):
         """Open a stream to ``target``'s ``port``; fires with the connected protocol."""
         check_port(port)
-        state, stream = yield self._node.sessions.open_stream(target, port)
+        state, stream = yield self.sessions.open_stream(target, port)
         peer = PilotAddress(state.hostname, str(state.address), port)
         accepted = defer.Deferred(lambda d: stream.reset(0))
         stream.set_handler(_AwaitAccept(accepted, lambda: accepted.callback(None)))
@@ -152,7 +150,7 @@ class PortTable:
         else:
             self._datagram_handlers[port] = handler
 
-    def datagram(self, state, port: int, data: bytes) -> None:
+    def datagram_received(self, state, port: int, data: bytes) -> None:
         handler = self._datagram_handlers.get(port)
         if handler is not None:
             handler(state, data)

@@ -26,17 +26,17 @@ from ..identity import Address, load_or_create
 from ..wire import DecodeError, Endpoint
 from ..wire import KIND_TUNNEL_DATA, KIND_TUNNEL_INIT, relay
 from ..wire import beacon as msgs
-from .beacon_client import BeaconClient, SeqCounter
-from .beacon_tls import BeaconTLSLink
-from .beacon_transport import BeaconTransport
+from ..rendezvous.registration import BeaconClient, SeqCounter
+from ..rendezvous.tls import BeaconTLSLink
+from ..rendezvous.transport import BeaconTransport
 from .config import CONTROL_SOCKET, NodeConfig, parse_fingerprint, parse_hostport, resolve_home
-from .natprobe import NatProber
+from ..session.natprobe import NatProber
 from .protocol import NodeDatagramProtocol
-from .requests import BeaconRequests
+from ..rendezvous.requests import BeaconRequests
 from ..trust.manager import TrustManager
 from .ports import PortTable
 from .services import start_standard_services
-from .sessions import Sessions
+from ..session.sessions import Sessions
 
 #: how often NAT discovery runs again without a reason (NATs change with networks)
 NAT_RECHECK_INTERVAL = 300.0

@@ -12,6 +12,8 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from .inbox import INBOX_PORT, InboxFactory
+
 ECHO_PORT = 7
 
 
@@ -37,8 +39,7 @@ class EchoFactory(Factory):
     noisy = False
 
 
-def start_standard_services(ports) -> None:
+def start_standard_services(ports, inbox) -> None:
+    """Echo on 7, the inbox (messages and files) on 1001."""
     ports.listen(ECHO_PORT, EchoFactory())
-    from .inbox import start_inbox
-
-    start_inbox(ports)
+    ports.listen(INBOX_PORT, InboxFactory(inbox))

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 
 from ..errors import InvalidArgument, NotFound, PilotError, StateError
 from ..identity import Address, verify_signature
-from ..node.config import check_hostname
+from ..common.names import check_hostname
 from ..wire import DecodeError
 from ..wire import beacon as msgs
 from .sender import ReliableSender

@@ -14,7 +14,7 @@ from __future__ import annotations
 import attrs
 
 from ..errors import PilotError
-from ..node.beacon_client import new_request_id
+from ..common.ids import new_request_id
 from ..wire import beacon as msgs
 
 RESEND_DELAYS = (0.5, 1.0, 2.0, 4.0)

@@ -13,7 +13,7 @@ from .errors import HandshakeError, KeyExpired, ReplayError, TunnelAuthError, Tu
 from .handshake import HandshakeTimers, PeerTunnel
 from .ik import PROLOGUE, LocalKeys
 from .record import Limits, Session, TransportKeys
-from .replay import ReplayWindow
+from ..common.replay import ReplayWindow
 
 __all__ = [
     "HandshakeError",

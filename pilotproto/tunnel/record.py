@@ -23,7 +23,7 @@ from ..wire import DecodeError
 from ..wire.tunnel import TunnelData
 from .errors import KeyExpired, ReplayError, TunnelAuthError
 from .noise import aesgcm_nonce
-from .replay import DEFAULT_WINDOW, ReplayWindow
+from ..common.replay import DEFAULT_WINDOW, ReplayWindow
 
 REKEY_AFTER_TIME = 120.0
 REJECT_AFTER_TIME = 180.0

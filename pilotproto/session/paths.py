@@ -12,7 +12,7 @@ one is proven to work both ways.  One Automat machine per peer.
 
 A session always starts on the relay, so the first byte never waits for a
 hole punch.  ``punch`` (both sides exchanged candidates through the session,
-see :mod:`pilotproto.node.sessions`) starts a burst: first a *priming*
+see :mod:`pilotproto.session.sessions`) starts a burst: first a *priming*
 probe with a low TTL to every candidate — it opens our own NAT's mapping
 but dies before it reaches the peer's NAT, so the peer's first probes find
 a mapping instead of making conntrack pick another port — then full probes

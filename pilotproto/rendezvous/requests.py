@@ -12,9 +12,9 @@ from twisted.internet.defer import Deferred
 
 from ..errors import InvalidArgument, NotRegistered, PilotError, Unavailable
 from ..identity import Address
-from ..node.config import check_hostname
+from ..common.names import check_hostname
 from ..wire import beacon as msgs
-from .beacon_client import new_request_id
+from ..common.ids import new_request_id
 
 # Five tries over ~8 s: a lookup must survive a lossy path (each try is one datagram each way).
 RETRY_DELAYS = (0.5, 1.0, 1.5, 2.0, 3.0)

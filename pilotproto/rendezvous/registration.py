@@ -20,12 +20,12 @@ exponentially with jitter, capped at ``MAX_RETRY`` seconds.
 
 from __future__ import annotations
 
-import os
 import random
 
 from automat import MethodicalMachine
 from twisted.logger import Logger
 
+from ..common.ids import new_request_id
 from ..identity import Address
 from ..wire import beacon as msgs
 
@@ -49,10 +49,6 @@ class SeqCounter:
     def next(self) -> int:
         self._last = max(self._last + 1, int(self._clock.seconds() * 1e9))
         return self._last
-
-
-def new_request_id() -> int:
-    return int.from_bytes(os.urandom(8), "big")
 
 
 class BeaconClient:

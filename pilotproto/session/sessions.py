@@ -3,7 +3,7 @@ Encrypted sessions with trusted peers, and what runs on them today: ping.
 
 ``Sessions`` owns the node's :class:`~pilotproto.tunnel.TunnelEndpoint` and
 one :class:`PeerState` per peer: its tunnel, its path (relay or direct, see
-:mod:`pilotproto.node.paths`), the pings waiting for a pong, and whether the
+:mod:`pilotproto.session.paths`), the pings waiting for a pong, and whether the
 peer told us it revoked its trust.  The node feeds it datagrams from peers
 and frames from the relay, and asks it to ping, list peers, and tear down
 the sessions of a peer whose trust was revoked.

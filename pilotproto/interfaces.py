@@ -1,0 +1,216 @@
+"""
+The interfaces the node's workers are wired through.
+
+:class:`~pilotproto.node.service.PilotNode` is a boss, as magic-wormhole's
+``Boss``: it makes the workers (the UDP socket, the rendezvous with the
+beacon, NAT discovery, sessions, trust, virtual ports, the inbox) and hands
+each the collaborators it needs as objects that provide one of these
+interfaces.  Every collaborator attribute is checked with
+:func:`attr.validators.provides` (or :func:`check_provides`), so a swapped or
+missing argument fails at wiring time, loudly, instead of silently at the
+first packet.
+
+Ground layer: imports nothing of pilotproto but the errors.  Upper layers
+depend on these names, never on each other's classes.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+# -- moving bytes -----------------------------------------------------------------
+
+
+class IDatagramSender(Interface):
+    """The node's one UDP socket, as the layers that send through it see it."""
+
+    def send(data, destination, ttl=None):
+        """Send ``data`` to ``destination`` (an :class:`~pilotproto.wire.Endpoint`).
+
+        ``ttl`` sets the IP TTL for this datagram only (priming probes).
+        A failed send is counted and dropped: every sender retries."""
+
+
+class IRelay(Interface):
+    """The beacon's relay, as sessions use it."""
+
+    def send_relay(destination, payload):
+        """Send one tunnel packet to the node whose 6-byte address is ``destination``."""
+
+    def relay_kind():
+        """How relayed packets leave this node now: ``"relay"`` (UDP) or ``"relay-tcp"`` (TLS)."""
+
+
+class IDatagramHandler(Interface):
+    """A worker that takes one kind of classified datagram (see :mod:`pilotproto.wire.datagrams`)."""
+
+    def datagram_received(packet, source):
+        """Handle ``packet`` (a classified datagram) from ``source`` (a typed source).
+
+        Returns True if it was ours, False if it is counted as unsolicited."""
+
+
+# -- the beacon ---------------------------------------------------------------------
+
+
+class IPeerDirectory(Interface):
+    """Finds other nodes (through the beacon)."""
+
+    def lookup(target):
+        """A Deferred firing with a dict (hostname, address, public_key, endpoints, public)
+        for the node ``target`` names; fails with NotFound if it is not visible to us."""
+
+
+class ISignedRequests(Interface):
+    """Signed requests to the beacon, retried until answered."""
+
+    def ask(request):
+        """Send ``request`` (unsigned, any request id) until the beacon answers;
+        a Deferred firing with the answer, or failing with the beacon's error
+        as a PilotError (Unavailable when it never answers)."""
+
+    def send(what, request, on_ok, on_error=None, on_give_up=None):
+        """Send ``request`` until the beacon says Ok.  ``what`` names it: sending
+        the same ``what`` again replaces the copy in flight."""
+
+    def in_flight(what):
+        """Is a request named ``what`` still unanswered?"""
+
+    def cancel(what):
+        """Stop sending the request named ``what``."""
+
+    def cancel_matching(prefix):
+        """Stop sending every request whose name starts with the tuple ``prefix``."""
+
+    def message_received(msg):
+        """A message from the beacon: True if it answered one of our requests."""
+
+    def stop():
+        """Stop every request; those waiting on a Deferred fail with Unavailable."""
+
+
+class IBeaconMessageHandler(Interface):
+    """A worker that reads what the beacon sends (answers, pushed mail)."""
+
+    def message_received(msg):
+        """Handle one decoded beacon message; True if it was meant for this worker."""
+
+
+# -- trust ------------------------------------------------------------------------
+
+
+class ITrustPolicy(Interface):
+    """Answers the tunnel responder's question: do we trust this key?"""
+
+    def is_trusted(public_key):
+        """True if this node trusts the Ed25519 ``public_key``."""
+
+
+class ITrustListener(Interface):
+    """Told when trust in a peer begins or ends (the session layer)."""
+
+    def trust_established(public_key):
+        """Trust in ``public_key`` is (again) mutual: forget an old revocation."""
+
+    def trust_revoked(public_key):
+        """We stopped trusting ``public_key``: its sessions end now."""
+
+
+# -- sessions ------------------------------------------------------------------------
+
+
+class ILocalCandidates(Interface):
+    """Where peers may reach this node directly."""
+
+    def local_candidates():
+        """``(nat_type, public endpoints, LAN endpoints)`` to offer a peer."""
+
+
+class IStreamAcceptor(Interface):
+    """Takes streams and datagrams that peers open to this node's virtual ports."""
+
+    def stream_opened(peer, stream, port):
+        """A peer (its session record) opened ``stream`` to ``port``; False refuses it."""
+
+    def datagram_received(peer, port, data):
+        """An unreliable datagram for ``port`` arrived from ``peer``."""
+
+
+class ISessions(Interface):
+    """Encrypted sessions with trusted peers."""
+
+    def open_stream(target, port):
+        """A Deferred firing with ``(peer record, stream)`` for a new stream to ``target``'s ``port``."""
+
+    def ping(target, count, interval, timeout, payload):
+        """A Deferred firing with a ping summary dict."""
+
+    def describe():
+        """A list of dicts, one per peer (path, endpoint, RTT, bytes)."""
+
+    def stop():
+        """Close every session (telling peers) and stop every timer."""
+
+
+# -- the node as its users see it -------------------------------------------------------
+
+
+class IPilotNode(Interface):
+    """
+    A pilot node, in this process (:class:`~pilotproto.node.service.PilotNode`)
+    or behind the local daemon's control socket
+    (:class:`~pilotproto.control.daemon.DaemonNode`).
+
+    The ``pilot:`` endpoints, the control socket's commands, ``pilotctl`` and
+    the SDKs depend on this interface, never on either class.  Every method
+    returns a Deferred; failures are PilotError subclasses.
+    """
+
+    home = Attribute("The node's home directory.")
+
+    def info():
+        """A dict: hostname, address, public key, beacon, registration, endpoints, NAT type, ..."""
+
+    def lookup(target):
+        """A dict describing the node ``target`` names (see IPeerDirectory.lookup)."""
+
+    def ping(target, count=4, interval=1.0, timeout=2.0, payload=b""):
+        """A ping summary dict."""
+
+    def peers():
+        """``{"peers": [...]}``: one entry per session."""
+
+    def handshake(target, reason):
+        """Ask ``target`` for trust; a dict describing the request."""
+
+    def pending():
+        """``{"pending": [...], "outgoing": [...]}``."""
+
+    def approve(peer):
+        """Approve ``peer``'s request; a dict describing the new trust."""
+
+    def reject(peer):
+        """Reject ``peer``'s request."""
+
+    def trusted():
+        """``{"trusted": [...]}``."""
+
+    def revoke(peer):
+        """End trust in ``peer`` (its sessions end at once)."""
+
+    def dial(target, port, factory):
+        """Open a stream to ``port`` on ``target``; fires with the connected protocol.
+
+        Fails with a ``twisted.internet.error.ConnectError`` subclass (see
+        :mod:`pilotproto.errors`)."""
+
+    def listen(port, factory):
+        """Run ``factory``'s protocols on streams peers open to ``port``; fires
+        with an ``IListeningPort``, or fails with ``CannotListenError``."""
+
+    def recv(count=None, timeout=0):
+        """``{"messages": [...]}`` from the inbox (port 1001)."""
+
+    def shutdown():
+        """Stop the node; fires once it heard the request (not once it stopped)."""

@@ -1,0 +1,1 @@
+"""The rendezvous with the beacon: registration, the UDP/TLS link, signed requests."""

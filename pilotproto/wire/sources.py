@@ -1,0 +1,57 @@
+"""
+Where a datagram came from, as a typed value passed down the data path.
+
+A tunnel packet reaches a node either straight from a peer's UDP endpoint
+(:class:`Direct`) or through the beacon's relay, which names the sending
+node's address (:class:`Relayed`).  A beacon message or relay frame may also
+arrive over the TLS link to the beacon (:class:`BeaconStream`).  The session
+layer learns paths from sources (a packet authenticated from a new direct
+endpoint means the peer roamed), and the tunnel's cookie gate binds cookies
+to :meth:`key`, the source's stable byte form.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .codec import Endpoint, Writer
+
+
+@attrs.frozen
+class Direct:
+    """Straight from ``endpoint`` over UDP."""
+
+    endpoint: Endpoint
+
+    def key(self) -> bytes:
+        return b"D" + Writer().endpoint(self.endpoint).bytes()
+
+    def __str__(self) -> str:
+        return str(self.endpoint)
+
+
+@attrs.frozen
+class Relayed:
+    """Through the beacon's relay, from the node whose 6-byte address is ``sender``."""
+
+    sender: bytes
+
+    def key(self) -> bytes:
+        return b"R" + self.sender
+
+    def __str__(self) -> str:
+        return "relay"
+
+
+@attrs.frozen
+class BeaconStream:
+    """Over the TCP/TLS link to the beacon (used when UDP is blocked)."""
+
+    def key(self) -> bytes:
+        return b"T"
+
+    def __str__(self) -> str:
+        return "beacon-tls"
+
+
+Source = Direct | Relayed | BeaconStream
