@@ -4,7 +4,8 @@ connections are pilot streams, so ``http://agent-b/…`` reaches port 80 of the
 node named agent-b, wherever it is behind whatever NAT.
 
     from pilotproto.http import pilot_treq
-    client = pilot_treq(reactor)           # the in-process node, or the daemon
+    client = pilot_treq(reactor)           # through the daemon ($PILOT_HOME or ~/.pilot)
+    client = pilot_treq(reactor, node=n)   # through a node you hold (any IPilotNode)
     response = yield client.get("http://agent-b/status")
 
 Plain ``http`` is enough: every stream already runs inside the end-to-end
@@ -21,7 +22,7 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from .endpoints import PilotClientEndpoint, node_for
+from .endpoints import PilotClientEndpoint, daemon_node
 
 _pools: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -52,8 +53,8 @@ def pool_for(reactor, node) -> HTTPConnectionPool:
 
 
 def pilot_agent(reactor, node=None, home: str | None = None) -> Agent:
-    """An Agent that speaks HTTP over pilot streams."""
-    node = node if node is not None else node_for(reactor, home)
+    """An Agent that speaks HTTP over pilot streams, through ``node`` or else the daemon at ``home``."""
+    node = node if node is not None else daemon_node(reactor, home)
     return Agent.usingEndpointFactory(reactor, PilotEndpointFactory(node), pool=pool_for(reactor, node))
 
 

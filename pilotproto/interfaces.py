@@ -42,13 +42,13 @@ class IRelay(Interface):
         """How relayed packets leave this node now: ``"relay"`` (UDP) or ``"relay-tcp"`` (TLS)."""
 
 
-class IDatagramHandler(Interface):
-    """A worker that takes one kind of classified datagram (see :mod:`pilotproto.wire.datagrams`)."""
+class IDatagramRouter(Interface):
+    """The node's one datagram classifier: raw bytes in, to the worker they are for."""
 
-    def datagram_received(packet, source):
-        """Handle ``packet`` (a classified datagram) from ``source`` (a typed source).
-
-        Returns True if it was ours, False if it is counted as unsolicited."""
+    def datagram_received(data, source):
+        """Classify ``data`` (bytes) from ``source`` (a :mod:`pilotproto.wire.sources`
+        value: ``Direct`` from the UDP socket, ``BeaconStream`` from the TLS link)
+        and hand it on; anything it cannot place is counted and dropped."""
 
 
 # -- the beacon ---------------------------------------------------------------------
@@ -74,6 +74,9 @@ class ISignedRequests(Interface):
         """Send ``request`` until the beacon says Ok.  ``what`` names it: sending
         the same ``what`` again replaces the copy in flight."""
 
+    def post(request):
+        """Sign and send ``request`` once; the beacon sends no answer (a MailAck)."""
+
     def in_flight(what):
         """Is a request named ``what`` still unanswered?"""
 
@@ -90,11 +93,41 @@ class ISignedRequests(Interface):
         """Stop every request; those waiting on a Deferred fail with Unavailable."""
 
 
-class IBeaconMessageHandler(Interface):
-    """A worker that reads what the beacon sends (answers, pushed mail)."""
+class IBeaconMail(Interface):
+    """The worker that reads what the beacon pushes (trust requests, answers, revocations)."""
 
     def message_received(msg):
         """Handle one decoded beacon message; True if it was meant for this worker."""
+
+    def registered():
+        """The node (re)registered: upload what the beacon may have forgotten."""
+
+
+class IRendezvous(Interface):
+    """The link to the beacon, as the node's datagram router sees it."""
+
+    def is_beacon(source):
+        """Did a datagram from ``source`` come from our beacon (its UDP endpoint or its TLS link)?"""
+
+    def beacon_message_received(msg, source):
+        """A decoded beacon message from ``source``; True if it was ours."""
+
+
+class INatDiscovery(Interface):
+    """NAT behaviour discovery (STUN against the beacon)."""
+
+    def stun_received(data, source):
+        """A STUN datagram from the UDP endpoint ``source``; True if it answered a probe."""
+
+
+class IBeaconObserver(Interface):
+    """Told what the rendezvous learns about the network (NAT discovery listens)."""
+
+    def beacon_resolved(endpoint):
+        """The beacon's UDP endpoint is known (its name resolved)."""
+
+    def public_endpoint_seen(endpoint):
+        """The beacon reported the endpoint our datagrams arrive from (None over TLS)."""
 
 
 # -- trust ------------------------------------------------------------------------
@@ -140,6 +173,9 @@ class IStreamAcceptor(Interface):
 class ISessions(Interface):
     """Encrypted sessions with trusted peers."""
 
+    def tunnel_packet_received(data, source):
+        """A tunnel packet from ``source`` (``Direct`` from a peer, ``Relayed`` through the beacon)."""
+
     def open_stream(target, port):
         """A Deferred firing with ``(peer record, stream)`` for a new stream to ``target``'s ``port``."""
 
@@ -168,6 +204,7 @@ class IPilotNode(Interface):
     """
 
     home = Attribute("The node's home directory.")
+    reactor = Attribute("The reactor (and clock) the node runs on.")
 
     def info():
         """A dict: hostname, address, public key, beacon, registration, endpoints, NAT type, ..."""
@@ -202,8 +239,8 @@ class IPilotNode(Interface):
     def dial(target, port, factory):
         """Open a stream to ``port`` on ``target``; fires with the connected protocol.
 
-        Fails with a ``twisted.internet.error.ConnectError`` subclass (see
-        :mod:`pilotproto.errors`)."""
+        Fails with a ``twisted.internet.error.ConnectError`` subclass that is
+        also a PilotError (see :mod:`pilotproto.node.failures`)."""
 
     def listen(port, factory):
         """Run ``factory``'s protocols on streams peers open to ``port``; fires

@@ -58,6 +58,20 @@ class NodeOptions(usage.Options):
         ["beacon-fingerprint", None, None, "Trust exactly the beacon certificate with this SHA-256 (hex, colons optional)."],
     ]
 
+    def postOptions(self):
+        # Checked here, not in makeService: twistd reports a UsageError from
+        # option parsing as usage, and one from makeService as a traceback.
+        from .node.config import NodeConfig, resolve_home
+
+        try:
+            saved = NodeConfig.load(resolve_home(self["home"]))
+        except PilotError as e:
+            raise usage.UsageError(_message(e)) from None
+        if not (self["hostname"] or saved.hostname):
+            raise usage.UsageError("the node needs a hostname: pass --hostname NAME (or run: pilotctl init --hostname NAME)")
+        if not (self["beacon"] or saved.beacon):
+            raise usage.UsageError("the node needs a beacon: pass --beacon HOST:PORT")
+
 
 class Options(usage.Options):
     synopsis = "beacon|node [options]"
@@ -69,6 +83,10 @@ class Options(usage.Options):
     def postOptions(self):
         if self.subCommand is None:
             raise usage.UsageError("say which: 'twistd pilot beacon' or 'twistd pilot node'")
+
+
+def _message(e: PilotError) -> str:
+    return f"{e.message} ({e.hint})" if e.hint else e.message
 
 
 def makeService(options, reactor=None) -> service.IService:
@@ -90,12 +108,12 @@ def makeService(options, reactor=None) -> service.IService:
                 tls_key=sub["tls-key"],
             )
         except PilotError as e:
-            hint = f" ({e.hint})" if e.hint else ""
-            raise usage.UsageError(f"{e.message}{hint}") from None
+            raise usage.UsageError(_message(e)) from None
+    from .control.service import ControlService
     from .node.service import PilotNode
 
     try:
-        return PilotNode(
+        node = PilotNode(
             home=sub["home"],
             hostname=sub["hostname"],
             beacon=sub["beacon"],
@@ -109,5 +127,7 @@ def makeService(options, reactor=None) -> service.IService:
             on_shutdown=reactor.stop,
         )
     except PilotError as e:
-        hint = f" ({e.hint})" if e.hint else ""
-        raise usage.UsageError(f"{e.message}{hint}") from None
+        raise usage.UsageError(_message(e)) from None
+    # The control socket (pilotctl, SDKs) is the daemon's: a layer above the node.
+    ControlService(node).setServiceParent(node)
+    return node

@@ -2,9 +2,11 @@
 
 import pytest
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from pilotproto.beacon.server import BeaconServer
 from pilotproto.identity import Identity
+from pilotproto.rendezvous.interfaces import IBeaconChannel, IRegistrationWatcher
 from pilotproto.rendezvous.registration import BeaconClient
 from pilotproto.wire import Endpoint
 from pilotproto.wire import beacon as msgs
@@ -12,18 +14,29 @@ from pilotproto.wire import beacon as msgs
 NODE_EP = Endpoint("198.51.100.20", 5555)
 
 
+@implementer(IBeaconChannel, IRegistrationWatcher)
 class Link:
-    """Carries the client's datagrams to a beacon and back, dropping on request."""
+    """Carries the client's datagrams to a beacon and back, dropping on request;
+    records each registration the client reports."""
 
     def __init__(self, clock):
         self.clock = clock
         self.server = BeaconServer(clock)
         self.sent = []
+        self.raw = []
         self.drop_next = 0
         self.down = False
         self.client = None
+        self.registrations = []
 
-    def send(self, data):
+    def beacon_registered(self, observed):
+        self.registrations.append(observed)
+
+    def send_by_udp(self, data):
+        raise AssertionError("the registration machine sends by the transport in use")
+
+    def send_to_beacon(self, data):
+        self.raw.append(data)
         self.sent.append(type(msgs.decode(data)).__name__)
         if self.down:
             return
@@ -48,7 +61,7 @@ def settle(clock):
 
 def make(clock, hostname="agent-a", identity=None):
     link = Link(clock)
-    link.client = BeaconClient(clock, identity or Identity.generate(), link.send, hostname)
+    link.client = BeaconClient(clock, identity or Identity.generate(), link, hostname, watcher=link)
     return link, link.client
 
 
@@ -58,6 +71,7 @@ def test_registers_and_keeps_alive(clock):
     settle(clock)
     assert link.sent == ["Hello", "Register"]
     assert client.registered and client.observed == NODE_EP
+    assert link.registrations == [NODE_EP]
     clock.advance(client.keepalive_interval)
     settle(clock)
     assert link.sent[-1] == "Keepalive"
@@ -141,3 +155,21 @@ def test_unsolicited_replies_are_ignored(clock):
     link, client = make(clock)
     assert client.message_received(msgs.Registered(12345, b"\0" * 8, NODE_EP, 5, 30)) is False
     assert not client.registered
+
+
+def test_collaborators_are_checked(clock):
+    link = Link(clock)
+    with pytest.raises(TypeError, match="channel"):
+        BeaconClient(clock, Identity.generate(), link.send_to_beacon, "agent-a", watcher=link)
+    with pytest.raises(TypeError, match="watcher"):
+        BeaconClient(clock, Identity.generate(), link, "agent-a", watcher=object())
+
+
+def test_request_ids_come_from_the_injected_source(clock):
+    link = Link(clock)
+    ids = iter(range(100, 200))
+    link.client = BeaconClient(clock, Identity.generate(), link, "agent-a", watcher=link, ids=lambda: next(ids))
+    link.client.start()
+    settle(clock)
+    assert link.client.registered
+    assert [msgs.decode(d).request_id for d in link.raw] == [100, 101]

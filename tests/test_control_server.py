@@ -1,70 +1,69 @@
-"""Reactor-free tests of the control protocol: StringTransport and a fake handler."""
+"""Reactor-free tests of the control protocol and its command table: StringTransport and fake commands."""
 
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 
-from pilotproto.control.server import (
-    MAX_REQUEST_LINE,
-    ControlServerFactory,
-    LineSplitter,
-    command_names,
-)
+from pilotproto.control.codec import MAX_REQUEST_LINE
+from pilotproto.control.server import Command, ControlServerFactory, Dispatcher
 from pilotproto.errors import NotFound, PilotError
 
 
-class FakeHandler:
+class FakeCommands:
     def __init__(self):
         self.calls = []
         self.pending = {}
 
-    def ctl_info(self):
+    def info(self):
         self.calls.append(("info",))
         return {"hostname": "agent-a", "registered": True}
 
-    def ctl_echo(self, text, repeat=1):
+    def echo(self, text, repeat=1):
         self.calls.append(("echo", text, repeat))
         return {"text": text * repeat}
 
-    def ctl_lookup(self, target):
+    def lookup(self, target):
         self.calls.append(("lookup", target))
         d = defer.Deferred()
         self.pending[target] = d
         return d
 
-    def ctl_missing(self):
+    def missing(self):
         raise NotFound("no node called ghost")
 
-    def ctl_broken(self):
+    def broken(self):
         raise RuntimeError("kaboom")
 
-    def ctl_typo(self):
+    def typo(self):
         # A TypeError inside a command is a bug, not the caller's bad arguments.
         return len(5)
 
-    def ctl_nothing(self):
+    def nothing(self):
         return None
 
-    def ctl_wrong_type(self):
+    def wrong_type(self):
         return ["not", "a", "dict"]
 
-    def ctl_unencodable(self):
+    def unencodable(self):
         return {"raw": b"bytes"}
 
     def not_a_command(self):
         raise AssertionError("must not be reachable")
 
+    def table(self):
+        names = ["info", "echo", "lookup", "missing", "broken", "typo", "nothing", "wrong_type", "unencodable"]
+        return {name: Command(getattr(self, name)) for name in names}
 
-def connect(handler=None):
-    handler = handler or FakeHandler()
-    protocol = ControlServerFactory(handler).buildProtocol(None)
+
+def connect(commands=None):
+    commands = commands or FakeCommands()
+    table = commands.table() if hasattr(commands, "table") else commands
+    protocol = ControlServerFactory(table).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
-    return handler, protocol, transport
+    return commands, protocol, transport
 
 
 def responses(transport):
@@ -78,26 +77,26 @@ def send(protocol, doc):
 
 
 def test_ok_response_echoes_id_and_data():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": 7, "cmd": "info", "args": {}})
     assert responses(transport) == [{"id": 7, "status": "ok", "data": {"hostname": "agent-a", "registered": True}}]
 
 
 def test_string_id_and_missing_args():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": "abc", "cmd": "info"})
     assert responses(transport)[0]["id"] == "abc"
 
 
 def test_args_are_passed_as_keywords():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": 1, "cmd": "echo", "args": {"text": "hé", "repeat": 2}})
-    assert handler.calls == [("echo", "hé", 2)]
+    assert commands.calls == [("echo", "hé", 2)]
     assert responses(transport)[0]["data"] == {"text": "héhé"}
 
 
 def test_requests_split_across_reads_and_batched_in_one():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     line = json.dumps({"id": 1, "cmd": "info"}).encode() + b"\n"
     for byte in line:
         protocol.dataReceived(bytes([byte]))
@@ -106,18 +105,18 @@ def test_requests_split_across_reads_and_batched_in_one():
 
 
 def test_crlf_line_endings_are_accepted():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     protocol.dataReceived(b'{"id": 1, "cmd": "info"}\r\n')
     assert responses(transport)[0]["status"] == "ok"
 
 
 def test_async_responses_come_out_of_order_matched_by_id():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": 1, "cmd": "lookup", "args": {"target": "slow"}})
     send(protocol, {"id": 2, "cmd": "lookup", "args": {"target": "fast"}})
     send(protocol, {"id": 3, "cmd": "info"})
-    handler.pending["fast"].callback({"hostname": "fast"})
-    handler.pending["slow"].errback(NotFound("slow is not visible"))
+    commands.pending["fast"].callback({"hostname": "fast"})
+    commands.pending["slow"].errback(NotFound("slow is not visible"))
     got = responses(transport)
     assert [r["id"] for r in got] == [3, 2, 1]
     assert got[1]["data"] == {"hostname": "fast"}
@@ -131,7 +130,7 @@ def test_async_responses_come_out_of_order_matched_by_id():
 
 
 def test_sync_pilot_error_becomes_error_response():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": 4, "cmd": "missing"})
     assert responses(transport) == [
         {"id": 4, "status": "error", "code": "not_found", "message": "no node called ghost", "hint": NotFound.hint}
@@ -139,7 +138,7 @@ def test_sync_pilot_error_becomes_error_response():
 
 
 def test_unknown_command_lists_commands_in_hint():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": 5, "cmd": "fly"})
     (r,) = responses(transport)
     assert (r["id"], r["code"]) == (5, "invalid_argument")
@@ -153,16 +152,16 @@ def test_unknown_command_lists_commands_in_hint():
     [{"text": "x", "colour": "red"}, {}, {"repeat": 2}],
 )
 def test_bad_arguments_are_invalid_argument_and_handler_not_called(args):
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": 6, "cmd": "echo", "args": args})
     (r,) = responses(transport)
     assert r["code"] == "invalid_argument"
     assert "text" in r["hint"] and "repeat?" in r["hint"]
-    assert handler.calls == []
+    assert commands.calls == []
 
 
 def test_internal_errors_are_logged_and_reported(logged_failures):
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": 8, "cmd": "broken"})
     send(protocol, {"id": 9, "cmd": "typo"})
     got = responses(transport)
@@ -175,13 +174,13 @@ def test_internal_errors_are_logged_and_reported(logged_failures):
 
 
 def test_pilot_errors_are_not_logged_as_bugs(logged_failures):
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": 1, "cmd": "missing"})
     assert not [e for e in logged_failures if "log_failure" in e]
 
 
 def test_none_result_is_empty_data_and_bad_results_are_internal():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": 1, "cmd": "nothing"})
     send(protocol, {"id": 2, "cmd": "wrong_type"})
     send(protocol, {"id": 3, "cmd": "unencodable"})
@@ -205,7 +204,7 @@ def test_none_result_is_empty_data_and_bad_results_are_internal():
     ],
 )
 def test_malformed_lines_get_invalid_argument_and_connection_stays_open(line, expected_id):
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     protocol.dataReceived(line + b"\n")
     send(protocol, {"id": 99, "cmd": "info"})
     got = responses(transport)
@@ -217,13 +216,13 @@ def test_malformed_lines_get_invalid_argument_and_connection_stays_open(line, ex
 
 
 def test_blank_lines_are_ignored():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     protocol.dataReceived(b"\n  \n")
     assert transport.value() == b""
 
 
 def test_over_long_line_is_rejected_once_and_skipped():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     protocol.dataReceived(b"x" * (MAX_REQUEST_LINE + 10))
     protocol.dataReceived(b"y" * 1000 + b"\n")
     send(protocol, {"id": 1, "cmd": "info"})
@@ -233,7 +232,7 @@ def test_over_long_line_is_rejected_once_and_skipped():
 
 
 def test_line_of_exactly_the_limit_is_accepted():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     head = b'{"id": 1, "cmd": "echo", "args": {"text": "'
     tail = b'"}}'
     text = b"a" * (MAX_REQUEST_LINE - 1 - len(head) - len(tail))
@@ -245,44 +244,30 @@ def test_line_of_exactly_the_limit_is_accepted():
 
 
 def test_answers_after_disconnect_are_dropped():
-    handler, protocol, transport = connect()
+    commands, protocol, transport = connect()
     send(protocol, {"id": 1, "cmd": "lookup", "args": {"target": "t"}})
     protocol.connectionLost(None)
-    handler.pending["t"].callback({"hostname": "t"})
+    commands.pending["t"].callback({"hostname": "t"})
     assert transport.value() == b""
 
 
-def test_command_names():
-    assert command_names(FakeHandler()) == [
+def test_the_table_names_the_commands():
+    assert Dispatcher(FakeCommands().table()).names() == [
         "broken", "echo", "info", "lookup", "missing", "nothing", "typo", "unencodable", "wrong_type",
     ]
 
 
-def test_error_without_hint_sends_null_hint():
-    class Handler:
-        def ctl_fail(self):
-            raise PilotError("plain failure")
+def test_the_table_holds_only_commands():
+    with pytest.raises(TypeError):
+        Dispatcher({"info": FakeCommands().info})
 
-    _, protocol, transport = connect(Handler())
+
+def test_error_without_hint_sends_null_hint():
+    def fail():
+        raise PilotError("plain failure")
+
+    _, protocol, transport = connect({"fail": Command(fail)})
     send(protocol, {"id": 1, "cmd": "fail"})
     assert responses(transport)[0] == {
         "id": 1, "status": "error", "code": "internal", "message": "plain failure", "hint": None,
     }
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.binary(max_size=300), max_size=20))
-def test_line_splitter_reassembles_any_chunking(chunks):
-    limit = 128
-    data = b"".join(chunks)
-    splitter = LineSplitter(limit)
-    got = []
-    for chunk in chunks:
-        got.extend(splitter.feed(chunk))
-    expected = []
-    for line in data.split(b"\n")[:-1]:
-        expected.append(LineSplitter.TOO_LONG if len(line) + 1 > limit else line.rstrip(b"\r"))
-    # An unterminated over-long tail is reported as soon as it passes the limit.
-    if len(data.split(b"\n")[-1]) >= limit:
-        expected.append(LineSplitter.TOO_LONG)
-    assert got == expected

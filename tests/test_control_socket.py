@@ -9,8 +9,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
+from pilotproto.common.home import CONTROL_SOCKET
 from pilotproto.control.client import ControlClient
-from pilotproto.control.server import listen_control_socket
+from pilotproto.control.server import Command, ControlServerFactory, listen_control_socket
 from pilotproto.errors import (
     AlreadyRunning,
     InvalidArgument,
@@ -21,17 +22,20 @@ from pilotproto.errors import (
     StateError,
     Timeout,
 )
-from pilotproto.node.config import CONTROL_SOCKET
 
 
 class Handler:
     def __init__(self):
         self.hanging = []
 
-    def ctl_info(self):
+    def factory(self):
+        return ControlServerFactory({"info": Command(self.info), "lookup": Command(self.lookup),
+                                     "hang": Command(self.hang), "args": Command(self.args)})
+
+    def info(self):
         return {"hostname": "agent-a", "registered": True, "pid": os.getpid()}
 
-    def ctl_lookup(self, target):
+    def lookup(self, target):
         if target == "ghost":
             raise NotFound(f"no node called {target}")
         if target == "taken":
@@ -44,12 +48,12 @@ class Handler:
         reactor.callLater(0.05, d.callback, {"hostname": target})
         return d
 
-    def ctl_hang(self):
+    def hang(self):
         d = defer.Deferred()
         self.hanging.append(d)
         return d
 
-    def ctl_args(self, timeout, cmd):
+    def args(self, timeout, cmd):
         return {"timeout": timeout, "cmd": cmd}
 
 
@@ -63,7 +67,7 @@ def home(tmp_path):
 @pytest.fixture
 def server(home):
     handler = Handler()
-    port = listen_control_socket(reactor, os.path.join(home, CONTROL_SOCKET), handler)
+    port = listen_control_socket(reactor, os.path.join(home, CONTROL_SOCKET), handler.factory())
     yield handler
     for d in handler.hanging:
         d.callback({})
@@ -161,7 +165,7 @@ def test_client_not_running_with_stale_socket(home):
 def test_stale_socket_is_replaced(home):
     path = os.path.join(home, CONTROL_SOCKET)
     make_stale_socket(path)
-    port = listen_control_socket(reactor, path, Handler())
+    port = listen_control_socket(reactor, path, Handler().factory())
     try:
         data = yield in_thread(ControlClient(home).call, "info")
         assert data["registered"] is True
@@ -173,7 +177,7 @@ def test_live_socket_is_not_stolen(home, server):
     path = os.path.join(home, CONTROL_SOCKET)
     inode = os.stat(path).st_ino
     with pytest.raises(AlreadyRunning):
-        listen_control_socket(reactor, path, Handler())
+        listen_control_socket(reactor, path, Handler().factory())
     assert os.stat(path).st_ino == inode
 
 
@@ -182,13 +186,56 @@ def test_regular_file_in_the_way_is_not_deleted(home):
     with open(path, "w") as f:
         f.write("mine")
     with pytest.raises(StateError):
-        listen_control_socket(reactor, path, Handler())
+        listen_control_socket(reactor, path, Handler().factory())
     assert open(path).read() == "mine"
 
 
 def test_too_long_socket_path_is_a_clear_error(tmp_path):
     home = tmp_path / ("d" * 120)
     with pytest.raises(InvalidArgument, match="too long"):
-        listen_control_socket(reactor, str(home / CONTROL_SOCKET), Handler())
+        listen_control_socket(reactor, str(home / CONTROL_SOCKET), Handler().factory())
     with pytest.raises(InvalidArgument, match="too long"):
         ControlClient(str(home)).call("info")
+
+
+@pytest_twisted.inlineCallbacks
+def test_blocking_streams_listen_connect_accept(home):
+    import json as _json
+
+    from pilotproto.control.service import ControlService
+
+    from helpers import FakePilotNode
+
+    service = ControlService(FakePilotNode(reactor, home))
+    service.startService()
+
+    def exchange():
+        client = ControlClient(home)
+        with client.listen(4242) as listener:
+            assert listener.info == {"port": 4242, "hostname": "agent-a", "address": "0:0000.0000.0001"}
+            with client.open_stream("agent-b", 4242) as dialled:
+                assert dialled.info["peer"] == "agent-b" and dialled.info["local_hostname"] == "agent-a"
+                event = _json.loads(listener.read_line(5))
+                assert event["event"] == "incoming" and event["port"] == 4242
+                with client.accept(event["stream_id"]) as accepted:
+                    dialled.sendall(b"ping")
+                    dialled.finish_sending()
+                    assert accepted.read_to_end(5) == b"ping"
+                    accepted.sendall(b"pong")
+                    accepted.finish_sending()
+                    return dialled.read_to_end(5)
+
+    try:
+        assert (yield threads.deferToThread(exchange)) == b"pong"
+        refused = yield threads.deferToThread(call_raises_stream, ControlClient(home), "agent-b", 4343)
+        assert refused.code == "connection_refused"
+    finally:
+        yield service.stopService()
+
+
+def call_raises_stream(client, peer, port):
+    try:
+        client.open_stream(peer, port, timeout=5).close()
+    except PilotError as e:
+        return e
+    raise AssertionError("no error raised")

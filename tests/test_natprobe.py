@@ -11,8 +11,10 @@ import os
 
 import pytest
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
 from pilotproto.beacon.server import BeaconServer
+from pilotproto.interfaces import IDatagramSender
 from pilotproto.session.natprobe import DEADLINE, TRIES, TRY_INTERVAL, NatProber
 from pilotproto.wire import Endpoint
 from pilotproto.wire import stun
@@ -36,8 +38,9 @@ BEHAVIOUR = {
 }
 
 
+@implementer(IDatagramSender)
 class FakeNat:
-    """One host behind a NAT of a given behaviour, talking to a beacon."""
+    """One host behind a NAT of a given behaviour, talking to a beacon: the prober's socket."""
 
     def __init__(self, clock, kind, beacon=None, one_way=ONE_WAY):
         self.clock = clock
@@ -55,7 +58,7 @@ class FakeNat:
         self.prober = None
         self.delivered = []  # what datagram_received returned, per delivery
 
-    def send(self, datagram, destination):
+    def send(self, datagram, destination, ttl=None):
         message = stun.decode(datagram)
         change = message.find(stun.ChangeRequest) or stun.ChangeRequest()
         self.sent.append((destination, change.change_ip, change.change_port, message.transaction_id))
@@ -106,7 +109,7 @@ def _prober(kind, beacon=None, one_way=ONE_WAY, **kwargs):
     clock = Clock()
     net = FakeNat(clock, kind, beacon, one_way)
     results = []
-    net.prober = NatProber(clock, net.send, lambda: LOCAL, on_result=results.append, **kwargs)
+    net.prober = NatProber(clock, net, lambda: LOCAL, on_result=results.append, **kwargs)
     return clock, net, results
 
 
@@ -332,3 +335,11 @@ def test_every_state_answers_every_input():
     pairs = {(state, symbol) for state, symbol, _, _ in automaton.allTransitions()}
     missing = [(s, i) for s in automaton.states() for i in automaton.inputAlphabet() if (s, i) not in pairs]
     assert missing == []
+
+
+def test_collaborators_are_checked_when_wired():
+    clock, net = Clock(), FakeNat(Clock(), "none")
+    with pytest.raises(TypeError, match="IDatagramSender"):
+        NatProber(clock, net.send, lambda: LOCAL, on_result=print)
+    with pytest.raises(TypeError):
+        NatProber(clock, net, LOCAL, on_result=print)

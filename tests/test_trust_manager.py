@@ -1,128 +1,22 @@
-"""The node's TrustManager against a real BeaconServer, all on one Clock."""
+"""The node's TrustManager against a real BeaconServer, all on one Clock (fakes in helpers.py)."""
 
 import pytest
-from twisted.internet import defer
-from twisted.internet.task import Clock
+from helpers import TrustNet, TrustNode
 
-from pilotproto.beacon.server import BeaconServer
 from pilotproto.errors import InvalidArgument, NotFound
 from pilotproto.identity import Identity
-from pilotproto.trust.manager import TrustManager
 from pilotproto.trust.store import TrustStore
-from pilotproto.wire import Endpoint
 from pilotproto.wire import beacon as msgs
-
-
-class Counter:
-    def __init__(self):
-        self.value = 10**6
-
-    def next(self):
-        self.value += 1
-        return self.value
-
-
-class Net:
-    """Datagrams between managers and the beacon, each one a clock tick later (like a network)."""
-
-    def __init__(self):
-        self.clock = Clock()
-        self.beacon = BeaconServer(self.clock, send=self._from_beacon)
-        self.nodes = {}
-        self.dropping = set()
-        #: endpoints whose datagrams to the beacon are lost (the other way still works)
-        self.muted = set()
-
-    def _from_beacon(self, data, endpoint):
-        if endpoint in self.dropping:
-            return
-        node = self.nodes.get(endpoint)
-        if node is not None and node.online:
-            self.clock.callLater(0, node.receive, data)
-
-    def settle(self, seconds=0.0):
-        self.clock.advance(0)
-        self.clock.advance(0)
-        for _ in range(int(seconds * 10)):
-            self.clock.advance(0.1)
-
-
-class FakeNode:
-    def __init__(self, net, tmp_path, hostname, port, auto_approve=False):
-        self.net = net
-        self.endpoint = Endpoint("127.0.0.1", port)
-        self.hostname = hostname
-        self.identity = Identity.generate()
-        self.seq = Counter()
-        self.home = str(tmp_path / hostname)
-        import os
-
-        os.makedirs(self.home)
-        self.online = True
-        self.revoked, self.trusted = [], []
-        self.lookups = {}
-        self.manager = self._manager(auto_approve)
-        net.nodes[self.endpoint] = self
-
-    def _manager(self, auto_approve=False):
-        return TrustManager(
-            self.net.clock,
-            self.identity,
-            self.home,
-            self.send,
-            self.seq,
-            self.lookup,
-            hostname=self.hostname,
-            auto_approve=auto_approve,
-            on_revoked=self.revoked.append,
-            on_trusted=self.trusted.append,
-        )
-
-    def lookup(self, target):
-        if target in self.lookups:
-            return defer.succeed(self.lookups[target])
-        return defer.fail(NotFound())
-
-    def send(self, data):
-        if self.online and self.endpoint not in self.net.dropping | self.net.muted:
-            self.net.clock.callLater(0, self._to_beacon, data)
-
-    def _to_beacon(self, data):
-        for reply, endpoint in self.net.beacon.datagram_received(data, self.endpoint):
-            self.net._from_beacon(reply, endpoint)
-
-    def receive(self, data):
-        self.manager.message_received(msgs.decode(data))
-
-    def register(self):
-        self.online = True
-        [challenge] = self._ask(msgs.Hello(1))
-        [reply] = self._ask(msgs.sign(msgs.Register(2, challenge.nonce, self.hostname), self.identity, self.seq.next()))
-        assert isinstance(reply, msgs.Registered)
-        self.manager.registered()
-        self.net.settle()
-
-    def _ask(self, msg):
-        return [msgs.decode(d) for d, _ in self.net.beacon.datagram_received(msgs.encode(msg), self.endpoint)]
-
-    def go_offline(self):
-        self._ask(msgs.sign(msgs.Unregister(3), self.identity, self.seq.next()))
-        self.online = False
-
-    def sees(self, other) -> bool:
-        me = self.net.beacon.registry.get(self.identity.public_key)
-        them = self.net.beacon.registry.get(other.identity.public_key)
-        return self.net.beacon.visible(them, me)
 
 
 @pytest.fixture
 def net():
-    return Net()
+    return TrustNet()
 
 
 @pytest.fixture
 def pair(net, tmp_path):
-    a, b = FakeNode(net, tmp_path, "agent-a", 1), FakeNode(net, tmp_path, "agent-b", 2)
+    a, b = TrustNode(net, tmp_path, "agent-a", 1), TrustNode(net, tmp_path, "agent-b", 2)
     a.register()
     b.register()
     return a, b
@@ -216,7 +110,7 @@ def test_request_not_addressed_to_us_is_ignored(net, pair):
 
 
 def test_auto_approve(net, tmp_path):
-    a, b = FakeNode(net, tmp_path, "agent-a", 1), FakeNode(net, tmp_path, "agent-b", 2, auto_approve=True)
+    a, b = TrustNode(net, tmp_path, "agent-a", 1), TrustNode(net, tmp_path, "agent-b", 2, auto_approve=True)
     a.register()
     b.register()
     handshake(a, "agent-b")
@@ -242,7 +136,7 @@ def test_trust_survives_a_restart(net, pair):
     b.manager.approve("agent-a")
     net.settle()
     a.manager.stop()
-    a.manager = a._manager()
+    a.manager = a.make_manager()
     assert a.manager.is_trusted(b.identity.public_key)
     assert TrustStore.load(a.home).trusted.keys() == {b.identity.public_key}
 

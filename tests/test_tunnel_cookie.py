@@ -4,11 +4,13 @@ import random
 
 from twisted.internet.task import Clock
 
+from helpers import RecordingTunnelOwner, StaticTrust
 from pilotproto.identity import Identity
 from pilotproto.tunnel import TunnelEndpoint
 from pilotproto.tunnel.cookie import CookieChecker, CookieJar, TokenBucket, Verdict, check_mac1, stamp_macs
 from pilotproto.tunnel.ik import LocalKeys, create_initiation, tai64n
-from pilotproto.wire import KIND_TUNNEL_COOKIE, KIND_TUNNEL_RESPONSE
+from pilotproto.wire import KIND_TUNNEL_COOKIE, KIND_TUNNEL_RESPONSE, Endpoint
+from pilotproto.wire.sources import Direct, Relayed
 from pilotproto.wire.tunnel import TunnelCookieReply
 
 RESPONDER = Identity.from_seed(b"r" * 32)
@@ -75,11 +77,27 @@ def test_cookie_reply_only_fits_the_initiation_it_answers():
 
 def test_garbage_with_bad_mac1_costs_no_dh():
     clock = Clock()
-    ep = TunnelEndpoint(RESPONDER, clock, is_trusted=lambda k: True)
+    ep = TunnelEndpoint(RESPONDER, clock, trust=StaticTrust(), owner=RecordingTunnelOwner())
     sent = []
-    ep.datagram_received(initiation(), b"src", sent.append)
-    ep.datagram_received(bytes([0xC1, 1]) + bytes(244), b"src", sent.append)
+    source = Direct(Endpoint("192.0.2.7", 7))
+    ep.datagram_received(initiation(), source, sent.append)
+    ep.datagram_received(bytes([0xC1, 1]) + bytes(244), source, sent.append)
     assert ep.stats["init_bad_mac1"] == 2 and ep.stats["init_dh"] == 0 and sent == []
+
+
+def spoofed(n):
+    """A different forged source address for every ``n``."""
+    return Direct(Endpoint(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", 1024 + n % 60000))
+
+
+def test_cookies_bind_to_the_typed_source():
+    # A direct endpoint and a relayed sender are different sources, even
+    # when their bytes happen to look alike.
+    clock = Clock()
+    checker = CookieChecker(RESPONDER.x25519_public(), clock)
+    direct, relayed = Direct(Endpoint("192.0.2.1", 1)), Relayed(b"\x00\x01\x02\x03\x04\x05")
+    assert checker.cookie_for(direct.key()) != checker.cookie_for(relayed.key())
+    assert direct.key() != Direct(Endpoint("192.0.2.1", 2)).key()
 
 
 def test_flood_is_capped_while_a_real_initiator_gets_through():
@@ -103,18 +121,23 @@ def test_flood_is_capped_while_a_real_initiator_gets_through():
         if dst == "r":
             # The worst-case flooder: one of its packets always lands just
             # before the real one and takes any token the bucket had.
-            nodes["r"].datagram_received(flood, b"spoof-first", replies.append)
-        nodes[dst].datagram_received(packet, src.encode(), deliver(src, dst))
+            nodes["r"].datagram_received(flood, spoofed(0), replies.append)
+        nodes[dst].datagram_received(packet, Relayed(src.encode() * 6), deliver(src, dst))
 
     nodes["r"] = TunnelEndpoint(
         RESPONDER,
         clock,
-        is_trusted=lambda key: key == INITIATOR.public_key,
+        trust=StaticTrust([INITIATOR.public_key]),
+        owner=RecordingTunnelOwner(route=lambda key, packet: deliver("i", "r")(packet)),
         randbytes=rng.randbytes,
         cookie_options={"initiations_per_second": rate, "initiation_burst": rate},
     )
     nodes["i"] = TunnelEndpoint(
-        INITIATOR, clock, is_trusted=lambda key: True, send_factory=lambda key: deliver("r", "i"), randbytes=rng.randbytes
+        INITIATOR,
+        clock,
+        trust=StaticTrust(),
+        owner=RecordingTunnelOwner(route=lambda key, packet: deliver("r", "i")(packet)),
+        randbytes=rng.randbytes,
     )
     dh_per_second = []
     done = []
@@ -124,7 +147,7 @@ def test_flood_is_capped_while_a_real_initiator_gets_through():
             if (second, tick) == (1, 0):  # the bucket is empty by now
                 nodes["i"].peer(RESPONDER.public_key).connect().addBoth(done.append)
             for n in range(3):  # 300 initiations a second
-                nodes["r"].datagram_received(flood, b"spoof-%d-%d-%d" % (second, tick, n), replies.append)
+                nodes["r"].datagram_received(flood, spoofed(1 + 300 * second + 3 * tick + n), replies.append)
             clock.advance(0.01)
         dh_per_second.append(nodes["r"].stats["init_dh"] - before)
     stats = nodes["r"].stats

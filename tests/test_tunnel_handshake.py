@@ -5,12 +5,15 @@ import random
 import pytest
 from twisted.internet.task import Clock
 
+from helpers import RecordingTunnelOwner, StaticTrust
 from pilotproto.errors import Timeout
 from pilotproto.identity import Identity
 from pilotproto.tunnel import HandshakeTimers, TunnelClosed, TunnelEndpoint
-from pilotproto.wire import KIND_TUNNEL_DATA, KIND_TUNNEL_INIT, KIND_TUNNEL_RESPONSE
+from pilotproto.wire import KIND_TUNNEL_DATA, KIND_TUNNEL_INIT, KIND_TUNNEL_RESPONSE, Endpoint
+from pilotproto.wire.sources import Direct
 
 LATENCY = 0.01
+SOURCES = {"a": Direct(Endpoint("192.0.2.1", 1000)), "b": Direct(Endpoint("192.0.2.2", 2000))}
 
 
 class Net:
@@ -22,27 +25,33 @@ class Net:
         self.rng = random.Random(1)
         self.sent = []
         self.drop = lambda src, dst, packet: False
-        self.received = {"a": [], "b": []}
         self.ids = {"a": Identity.from_seed(seed_a), "b": Identity.from_seed(seed_b)}
-        trust = {"a": lambda key: True, "b": lambda key: trusted_by_b}
+        trust = {"a": StaticTrust(), "b": StaticTrust(None if trusted_by_b else ())}
+        self.owners = {
+            name: RecordingTunnelOwner(route=lambda key, packet, name=name: self.link(name, "b" if name == "a" else "a")(packet))
+            for name in ("a", "b")
+        }
         self.eps = {
             name: TunnelEndpoint(
                 self.ids[name],
                 self.clock,
-                is_trusted=trust[name],
-                send_factory=lambda key, name=name: self.link(name, "b" if name == "a" else "a"),
+                trust=trust[name],
+                owner=self.owners[name],
                 randbytes=self.rng.randbytes,
-                on_data=lambda peer, data, name=name: self.received[name].append(data),
                 timers=HandshakeTimers(deadline=20.0),
             )
             for name in ("a", "b")
         }
 
+    @property
+    def received(self):
+        return {name: owner.data() for name, owner in self.owners.items()}
+
     def link(self, src, dst):
         def send(packet):
             self.sent.append((src, dst, packet))
             if not self.drop(src, dst, packet):
-                self.clock.callLater(LATENCY, self.eps[dst].datagram_received, packet, src.encode(), self.link(dst, src))
+                self.clock.callLater(LATENCY, self.eps[dst].datagram_received, packet, SOURCES[src], self.link(dst, src))
 
         return send
 
@@ -183,7 +192,7 @@ def test_packet_sealed_before_rekey_still_opens_after_the_switch():
     a.send_data(b"triggers rekey")
     net.run(0.1)
     assert a.current is not old and b.current.local_index == a.current.remote_index
-    net.eps["b"].datagram_received(in_flight, b"a", net.link("b", "a"))
+    net.eps["b"].datagram_received(in_flight, SOURCES["a"], net.link("b", "a"))
     assert net.received["b"] == [b"triggers rekey", b"straggler"]
 
 
@@ -194,10 +203,10 @@ def test_tampered_and_replayed_data_are_dropped_and_counted():
     packet = net.tunnel("a").current.seal(b"genuine")
     tampered = packet[:-1] + bytes([packet[-1] ^ 1])
     reply = net.link("b", "a")
-    net.eps["b"].datagram_received(tampered, b"a", reply)
-    net.eps["b"].datagram_received(packet, b"a", reply)
-    net.eps["b"].datagram_received(packet, b"a", reply)
-    net.eps["b"].datagram_received(b"\xc4\x01garbage", b"a", reply)
+    net.eps["b"].datagram_received(tampered, SOURCES["a"], reply)
+    net.eps["b"].datagram_received(packet, SOURCES["a"], reply)
+    net.eps["b"].datagram_received(packet, SOURCES["a"], reply)
+    net.eps["b"].datagram_received(b"\xc4\x01garbage", SOURCES["a"], reply)
     assert net.received["b"] == [b"genuine"]
     stats = net.eps["b"].stats
     assert (stats["data_auth_failed"], stats["data_replayed"], stats["malformed"]) == (1, 1, 1)
@@ -218,7 +227,7 @@ def test_replayed_initiation_is_refused():
     net.tunnel("a").connect()
     net.run(0.1)
     init = next(p for s, _, p in net.sent if s == "a" and p[0] == KIND_TUNNEL_INIT)
-    net.eps["b"].datagram_received(init, b"a", net.link("b", "a"))
+    net.eps["b"].datagram_received(init, SOURCES["a"], net.link("b", "a"))
     assert net.eps["b"].stats["init_replayed"] == 1
     assert net.eps["b"].stats["response_sent"] == 1
 
@@ -249,8 +258,30 @@ def test_session_expires_without_traffic():
     assert net.received["b"] == [b"wakes it up"]
 
 
-def test_new_peer_needs_a_send_callable():
+def test_collaborators_are_checked_when_wired():
+    identity, clock = Identity.from_seed(b"c" * 32), Clock()
+    with pytest.raises(TypeError, match="ITrustPolicy"):
+        TunnelEndpoint(identity, clock, trust=lambda key: True, owner=RecordingTunnelOwner())
+    with pytest.raises(TypeError, match="ITunnelOwner"):
+        TunnelEndpoint(identity, clock, trust=StaticTrust(), owner=lambda key, packet: None)
+
+
+def test_the_owner_hears_data_and_authentication_with_the_typed_source():
     net = Net()
-    ep = TunnelEndpoint(Identity.from_seed(b"c" * 32), net.clock, is_trusted=lambda k: True)
-    with pytest.raises(ValueError):
-        ep.peer(net.ids["a"].public_key)
+    net.tunnel("a").connect()
+    net.run(0.1)
+    a_key, b_key = net.ids["a"].public_key, net.ids["b"].public_key
+    b_events = net.owners["b"].events
+    # The responder learnt where the initiation came from before answering it;
+    # the initiator's first packet (a keepalive: no data to report) confirmed
+    # the session, and authenticated too.
+    assert [e[0] for e in b_events] == ["authenticated", "up", "authenticated"]
+    assert b_events[1] == ("up", a_key)
+    assert all(e[1:3] == (a_key, SOURCES["a"]) for e in (b_events[0], b_events[2]))
+    del b_events[:]
+    net.tunnel("a").send_data(b"payload")
+    net.run(0.1)
+    (data, authenticated) = b_events
+    assert data == ("data", a_key, b"payload", SOURCES["a"])
+    assert authenticated[:3] == ("authenticated", a_key, SOURCES["a"]) and authenticated[3] > len(b"payload")
+    assert ("up", b_key) in net.owners["a"].events

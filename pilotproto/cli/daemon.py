@@ -24,7 +24,7 @@ import attrs
 
 from .. import identity
 from ..control.client import ControlClient
-from ..control.server import remove_stale_socket, socket_is_live
+from ..control.socketfile import remove_stale_socket, socket_is_live
 from ..errors import (
     AlreadyRunning,
     InvalidArgument,

@@ -30,8 +30,7 @@ import attrs
 from ..control.client import ControlClient
 from ..errors import NotFound, PilotError, Unavailable
 from . import daemon as daemon_control
-from .main import render_lookup
-from .output import Output
+from .output import Output, render_lookup
 from .session_commands import render_peers, render_ping
 from .trust import HANDSHAKE_TIMEOUT
 

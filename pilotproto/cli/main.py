@@ -27,7 +27,7 @@ from ..common.names import check_hostname, check_target
 from ..node.config import NodeConfig, resolve_home
 from . import daemon as daemon_control
 from . import lab_commands, session_commands, stream_commands
-from .output import Output, interrupted, usage_error
+from .output import Output, interrupted, render_lookup, usage_error
 from .trust import add_trust_commands
 
 
@@ -201,18 +201,6 @@ def render_info(data: dict) -> str:
 
 def run_lookup(args, ctx: Context) -> dict:
     return ControlClient(ctx.home).call("lookup", target=check_target(args.target))
-
-
-def render_lookup(data: dict) -> str:
-    visibility = "public" if data.get("public") else "private"
-    endpoints = ", ".join(data.get("endpoints") or []) or "none known"
-    return "\n".join(
-        [
-            f"{data.get('hostname')}  {data.get('address')}  ({visibility})",
-            f"  endpoints:  {endpoints}",
-            f"  public key: {data.get('public_key')}",
-        ]
-    )
 
 
 # -- demo --------------------------------------------------------------------------

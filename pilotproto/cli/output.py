@@ -78,3 +78,16 @@ def interrupted() -> PilotError:
 def usage_error(message: str, usage: str | None) -> InvalidArgument:
     hint = usage.strip().replace("\n", " ") if usage else "Run 'pilotctl --help'."
     return InvalidArgument(message, hint=" ".join(hint.split()))
+
+
+def render_lookup(data: dict) -> str:
+    """A ``lookup`` result as text (pilotctl lookup, and the demo's tour)."""
+    visibility = "public" if data.get("public") else "private"
+    endpoints = ", ".join(data.get("endpoints") or []) or "none known"
+    return "\n".join(
+        [
+            f"{data.get('hostname')}  {data.get('address')}  ({visibility})",
+            f"  endpoints:  {endpoints}",
+            f"  public key: {data.get('public_key')}",
+        ]
+    )

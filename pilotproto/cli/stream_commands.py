@@ -1,7 +1,7 @@
 """
 ``pilotctl connect/send/recv/send-file/bench``: data over overlay streams,
 through the daemon's control socket upgraded to raw pipes
-(:mod:`pilotproto.control.pipe`).
+(:meth:`pilotproto.control.client.ControlClient.open_stream` and friends).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import sys
 import time
 
 from ..common.names import check_target
-from ..control.client import ControlClient
-from ..control.pipe import CHUNK, accept_stream, listen_port, open_stream
+from ..control.client import CHUNK, ControlClient
 from ..errors import InvalidArgument, NotFound, ProtocolError, Timeout
 from ..node.inbox import INBOX_PORT, MAX_MESSAGE, encode_header, parse_reply
 from ..common.names import check_port
@@ -49,7 +48,7 @@ def run_connect(args, ctx) -> dict:
             "connect without --message pipes stdin and stdout, which leaves no room for --json",
             hint="Pass --message TEXT to get a JSON result.",
         )
-    with open_stream(ctx.home, peer, port, timeout=args.timeout + 30) as stream:
+    with ControlClient(ctx.home).open_stream(peer, port, timeout=args.timeout + 30) as stream:
         if args.message is None:
             sent, received = _netcat(stream, sys.stdin.buffer, sys.stdout.buffer)
             return {"peer": stream.info.get("peer"), "port": port, "bytes_sent": sent, "bytes_received": received, "piped": True}
@@ -120,13 +119,13 @@ def run_send(args, ctx) -> dict:
         if len(data) > MAX_MESSAGE:
             raise InvalidArgument(f"a message is at most {MAX_MESSAGE} bytes", hint="Send larger data with send-file.")
         digest = hashlib.sha256(data).hexdigest()
-        with open_stream(ctx.home, peer, port, timeout=args.timeout + 30) as stream:
+        with ControlClient(ctx.home).open_stream(peer, port, timeout=args.timeout + 30) as stream:
             stream.sendall(encode_header("message", len(data), digest) + data)
             stream.finish_sending()
             reply = parse_reply(stream.read_line(args.timeout))
         return {"peer": stream.info.get("peer"), "port": port, "kind": "message", "size": len(data), "sha256": digest,
                 "delivered": True}
-    with open_stream(ctx.home, peer, port, timeout=args.timeout + 30) as stream:
+    with ControlClient(ctx.home).open_stream(peer, port, timeout=args.timeout + 30) as stream:
         stream.sendall(data)
         stream.finish_sending()
         reply = stream.read_to_end(args.timeout, limit=MAX_COLLECT)
@@ -155,7 +154,8 @@ def run_recv(args, ctx) -> dict:
     timeout = args.timeout if args.timeout is not None else 30.0
     deadline = time.monotonic() + timeout
     streams = []
-    with listen_port(ctx.home, port) as listener:
+    client = ControlClient(ctx.home)
+    with client.listen(port) as listener:
         while len(streams) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -166,7 +166,7 @@ def run_recv(args, ctx) -> dict:
                 break
             if event.get("event") != "incoming":
                 continue
-            with accept_stream(ctx.home, event["stream_id"]) as stream:
+            with client.accept(event["stream_id"]) as stream:
                 data = stream.read_to_end(max(deadline - time.monotonic(), 1.0), limit=MAX_COLLECT)
             streams.append({"peer": event.get("peer"), "address": event.get("address"), "size": len(data), "text": _text(data)})
     if not streams:
@@ -225,7 +225,7 @@ def run_send_file(args, ctx) -> dict:
     digest = _file_digest(path)
     progress = _Progress(sys.stderr, size, sys.stderr.isatty() and not ctx.out.json_mode)
     started = time.monotonic()
-    with open_stream(ctx.home, peer, INBOX_PORT, timeout=args.timeout + 30) as stream:
+    with ControlClient(ctx.home).open_stream(peer, INBOX_PORT, timeout=args.timeout + 30) as stream:
         stream.sock.settimeout(args.timeout)
         try:
             stream.sendall(encode_header("file", size, digest, name))
@@ -272,7 +272,7 @@ def run_bench(args, ctx) -> dict:
         raise InvalidArgument("--size-mb must be from 1 to 4096")
     total = int(args.size_mb * MIB)
     block = os.urandom(MIB)
-    with open_stream(ctx.home, peer, ECHO_PORT, timeout=40) as stream:
+    with ControlClient(ctx.home).open_stream(peer, ECHO_PORT) as stream:
         timings = _echo(stream, block, total, args.timeout)
     t0, t_sent, t_first, t_done = timings["times"]
     bits = total * 8

@@ -1,12 +1,19 @@
 """
-The daemon's local control socket: JSON lines over a UNIX stream socket.
+The daemon's local control socket: JSON lines over a UNIX stream socket
+(``docs/control.md``).
 
-``server`` runs inside the daemon and dispatches each request to the
-handler's ``ctl_<cmd>`` method; ``client`` is the blocking client that
-``pilotctl`` uses.  The protocol is specified in ``docs/control.md``.
+In the daemon: :class:`~.service.ControlService` (a child service of the
+node) answers with :class:`~.commands.ControlCommands`, an adapter over any
+:class:`~pilotproto.interfaces.IPilotNode`; each connection's lifecycle is
+the machine in :mod:`.connection`.  Clients: the blocking
+:class:`~.client.ControlClient` (``pilotctl``, scripts) and the Twisted
+:class:`~.daemon.DaemonNode` (an IPilotNode in another process), both on
+the one codec in :mod:`.codec`.
+
+Importing this package loads no Twisted: the blocking client and the codec
+are plain Python.
 """
 
-from .client import ControlClient
-from .server import ControlProtocol, ControlServerFactory, listen_control_socket
+from .client import ControlClient, RawStream
 
-__all__ = ["ControlClient", "ControlProtocol", "ControlServerFactory", "listen_control_socket"]
+__all__ = ["ControlClient", "RawStream"]

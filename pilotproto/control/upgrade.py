@@ -2,9 +2,11 @@
 The daemon's side of streams over the control socket: ``connect``,
 ``listen`` and ``accept`` (see ``docs/control.md``).
 
-``connect`` and ``accept`` splice a control connection onto an overlay
-stream: bytes, half-closes and back-pressure pass straight through, each
-side registered as the other's producer.  ``listen`` keeps its connection as
+They work through any :class:`~pilotproto.interfaces.IPilotNode`
+(``node.dial`` and ``node.listen``, both Deferreds).  ``connect`` and
+``accept`` splice a control connection onto an overlay stream: bytes,
+half-closes and back-pressure pass straight through, each side registered
+as the other's producer.  ``listen`` keeps its connection as
 an event feed: one JSON line per incoming stream, which a client claims with
 ``accept`` on a new connection within ``ACCEPT_TIMEOUT`` seconds (otherwise
 the stream is reset, as a full accept queue would refuse it).
@@ -13,7 +15,6 @@ the stream is reset, as a full accept queue would refuse it).
 from __future__ import annotations
 
 import itertools
-import json
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -21,14 +22,16 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import InvalidArgument, NotFound, Timeout
+from ..common import timeouts
 from ..common.names import check_port
+from ..errors import InvalidArgument, NotFound, Timeout
+from .codec import encode_event
 from .server import Upgrade
 
 #: seconds an incoming stream waits for its ``accept``
-ACCEPT_TIMEOUT = 5.0
+ACCEPT_TIMEOUT = timeouts.STREAM_ACCEPT
 #: seconds ``connect`` waits for the peer to accept (lookup and tunnel handshake included)
-CONNECT_TIMEOUT = 30.0
+CONNECT_TIMEOUT = timeouts.STREAM_CONNECT
 #: incoming streams a listener may hold unaccepted
 MAX_PENDING = 64
 
@@ -129,7 +132,7 @@ class _EventFeed:
         self._transport = transport
 
     def send(self, event: dict) -> None:
-        self._transport.write(json.dumps(event, separators=(",", ":")).encode("utf-8") + b"\n")
+        self._transport.write(encode_event(event))
 
     def dataReceived(self, data):
         pass  # nothing is asked of a listener after "listen"
@@ -176,7 +179,7 @@ class _Listener(Factory):
 
 
 class StreamCommands:
-    """``ctl_connect``, ``ctl_listen`` and ``ctl_accept`` for a node."""
+    """The ``connect``, ``listen`` and ``accept`` commands for ``node`` (an IPilotNode)."""
 
     def __init__(self, node, clock):
         self._node = node
@@ -205,23 +208,29 @@ class StreamCommands:
         return d
 
     def _connected(self, end: StreamEnd, port: int) -> Upgrade:
-        peer = end.transport.getPeer()
-        data = {"peer": peer.hostname or peer.address, "address": peer.address, "port": port}
+        peer, host = end.transport.getPeer(), end.transport.getHost()
+        data = {"peer": peer.hostname or peer.address, "address": peer.address, "port": port,
+                "local_hostname": host.hostname, "local_address": host.address}
         return Upgrade(data, end.attach, end.abort)
 
     # -- listen ----------------------------------------------------------------------
 
-    def listen(self, port) -> Upgrade:
+    def listen(self, port) -> defer.Deferred:
         check_port(port)
         listener = _Listener(self, port)
-        listener.listening = self._node.listen(port, listener)
-        host = listener.listening.getHost()
+        d = defer.maybeDeferred(self._node.listen, port, listener)
+        d.addCallback(self._listening, listener)
+        return d
+
+    def _listening(self, listening, listener: "_Listener") -> Upgrade:
+        listener.listening = listening
+        host = listening.getHost()
 
         def take_over(transport):
             listener.feed = _EventFeed(listener, transport)
             return listener.feed
 
-        data = {"port": port, "hostname": host.hostname, "address": host.address}
+        data = {"port": listener.port, "hostname": host.hostname, "address": host.address}
         return Upgrade(data, take_over, listener.stop)
 
     def incoming(self, listener: _Listener, peer) -> StreamEnd:

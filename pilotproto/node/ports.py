@@ -14,10 +14,12 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..common.names import check_port
-from ..errors import AlreadyRunning, InvalidArgument
+from ..errors import AlreadyRunning, InvalidArgument, PilotError
+from .failures import as_connect_error, as_listen_error
 from ..interfaces import ISessions, IStreamAcceptor
 from ..streams.transport import PilotAddress, connect_protocol
 
@@ -81,11 +83,17 @@ class PortTable:
 
     hostname: str
     address: str
-    sessions: object = attrs.field(validator=attrs.validators.provides(ISessions))
+    _sessions: object = attrs.field(default=None, init=False)
     _listeners: dict = attrs.field(factory=dict, init=False)
     _datagram_handlers: dict = attrs.field(factory=dict, init=False)
 
     log = Logger()
+
+    def wire(self, sessions) -> None:
+        """The sessions streams are dialled through (they call us back for incoming ones)."""
+        if not ISessions.providedBy(sessions):
+            raise TypeError(f"{sessions!r} does not provide ISessions")
+        self._sessions = sessions
 
     def host_address(self, port: int) -> PilotAddress:
         return PilotAddress(self.hostname, self.address, port)
@@ -93,9 +101,15 @@ class PortTable:
     # -- listening ---------------------------------------------------------------
 
     def listen(self, port: int, factory) -> PilotListeningPort:
-        check_port(port)
+        """Listen on ``port``; raises CannotListenError (a PilotError too) if it cannot."""
+        try:
+            check_port(port)
+        except PilotError as e:
+            raise as_listen_error(port, e) from None
         if port in self._listeners:
-            raise AlreadyRunning(f"something already listens on port {port}", hint="Choose another port.")
+            raise as_listen_error(
+                port, AlreadyRunning(f"something already listens on port {port}", hint="Choose another port.")
+            )
         listening = PilotListeningPort(self, port, factory)
         self._listeners[port] = listening
         factory.doStart()
@@ -124,11 +138,18 @@ class PortTable:
 
     # -- dialling --------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def dial(self, target: str, port: int, factory):
-        """Open a stream to ``target``'s ``port``; fires with the connected protocol."""
+    def dial(self, target: str, port: int, factory) -> defer.Deferred:
+        """Open a stream to ``target``'s ``port``; fires with the connected protocol.
+
+        Fails the way Twisted's client endpoints do (:mod:`pilotproto.node.failures`):
+        refused, unknown peer, timeout are ConnectError subclasses that are
+        PilotErrors too."""
         check_port(port)
-        state, stream = yield self.sessions.open_stream(target, port)
+        return self._dial(target, port, factory).addErrback(_connect_failed)
+
+    @defer.inlineCallbacks
+    def _dial(self, target: str, port: int, factory):
+        state, stream = yield self._sessions.open_stream(target, port)
         peer = PilotAddress(state.hostname, str(state.address), port)
         accepted = defer.Deferred(lambda d: stream.reset(0))
         stream.set_handler(_AwaitAccept(accepted, lambda: accepted.callback(None)))
@@ -154,3 +175,8 @@ class PortTable:
         handler = self._datagram_handlers.get(port)
         if handler is not None:
             handler(state, data)
+
+
+def _connect_failed(failure):
+    converted = as_connect_error(failure.value)
+    return failure if converted is failure.value else Failure(converted)

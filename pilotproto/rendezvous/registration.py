@@ -24,10 +24,13 @@ import random
 
 from automat import MethodicalMachine
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..common.ids import new_request_id
+from ..common.wiring import check_provides
 from ..identity import Address
 from ..wire import beacon as msgs
+from .interfaces import IBeaconChannel, IRegistration, IRegistrationWatcher
 
 FIRST_RETRY = 0.5
 MAX_RETRY = 4.0
@@ -51,20 +54,26 @@ class SeqCounter:
         return self._last
 
 
+@implementer(IRegistration)
 class BeaconClient:
+    """Registers ``identity`` as ``hostname``, sending through ``channel``
+    (:class:`IBeaconChannel`) and telling ``watcher``
+    (:class:`IRegistrationWatcher`) each time the beacon accepts it."""
+
     _machine = MethodicalMachine()
     log = Logger()
 
-    def __init__(self, clock, identity, send, hostname, public=False, lan_endpoints=(), seq=None, rng=None, on_registered=None):
+    def __init__(self, clock, identity, channel, hostname, *, watcher, public=False, lan_endpoints=(), seq=None, rng=None, ids=new_request_id):
         self._clock = clock
         self._identity = identity
-        self._send = send
+        self._channel = check_provides(channel, IBeaconChannel, "BeaconClient channel")
+        self._watcher = check_provides(watcher, IRegistrationWatcher, "BeaconClient watcher")
         self.hostname = hostname
         self.public = public
         self.lan_endpoints = tuple(lan_endpoints)
         self.seq = seq if seq is not None else SeqCounter(clock)
         self._rng = rng if rng is not None else random.Random()
-        self._on_registered = on_registered
+        self._ids = ids
         self._timer = None
         self._delay = FIRST_RETRY
         self._outstanding: dict[int, str] = {}
@@ -180,18 +189,18 @@ class BeaconClient:
             if k == kind:
                 del self._outstanding[rid]
         self._outstanding[msg.request_id] = kind
-        self._send(msgs.encode(msg))
+        self._channel.send_to_beacon(msgs.encode(msg))
 
     @_machine.output()
     def send_hello(self):
         if self.hello_unanswered_since is None:
             self.hello_unanswered_since = self._clock.seconds()
-        self._write(msgs.Hello(new_request_id()), "hello")
+        self._write(msgs.Hello(self._ids()), "hello")
 
     @_machine.output()
     def send_register(self, msg):
         request = msgs.Register(
-            new_request_id(),
+            self._ids(),
             msg.nonce,
             self.hostname,
             msgs.FLAG_PUBLIC if self.public else 0,
@@ -204,11 +213,12 @@ class BeaconClient:
 
     @_machine.output()
     def send_keepalive(self):
-        self._write(msgs.sign(msgs.Keepalive(new_request_id()), self._identity, self.seq.next()), "keepalive")
+        self._write(msgs.sign(msgs.Keepalive(self._ids()), self._identity, self.seq.next()), "keepalive")
 
     @_machine.output()
     def send_unregister(self):
-        self._send(msgs.encode(msgs.sign(msgs.Unregister(new_request_id()), self._identity, self.seq.next())))
+        unregister = msgs.sign(msgs.Unregister(self._ids()), self._identity, self.seq.next())
+        self._channel.send_to_beacon(msgs.encode(unregister))
         self.registered_until = None
 
     @_machine.output()
@@ -241,8 +251,7 @@ class BeaconClient:
         self.registered_until = self._clock.seconds() + self.ttl
         address = Address.from_bytes(msg.address)
         self.log.info("registered as {name} ({address}), public endpoint {ep}", name=self.hostname, address=str(address), ep=str(msg.observed))
-        if self._on_registered is not None:
-            self._on_registered(msg.observed)
+        self._watcher.beacon_registered(msg.observed)
 
     @_machine.output()
     def record_ack(self, msg):

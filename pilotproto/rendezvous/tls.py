@@ -1,24 +1,35 @@
 """
-The node's TCP/TLS link to its beacon: one Automat machine that keeps a
-verified connection up, reconnecting with backoff.
+The node's TCP/TLS link to its beacon, kept up by a ``ClientService``.
 
 ::
 
-    idle --start--> connecting --verified--> connected
-                      ^    |                    |
-                      |    '--failed--> waiting <'--lost
-                      '---- retry due ---'
-    any --stop--> stopped
+    start() --> ClientService --connect--> VerifiedTLSEndpoint: TCP, the TLS handshake,
+                  ^      |                 the certificate check, within BEACON_TLS_CONNECT s
+                  |      |-- failed: last_error, retry after retry_delay(n)
+                  |      '-- verified: connected (listener.tls_link_up())
+                  '------------- lost: retry after retry_delay(1)
+    stop() --> closes the connection; the Deferred fires once it has closed
 
 The link carries whole datagrams (:mod:`pilotproto.wire.framing`); what
-they mean is the node's business.  A connection counts as up only after the
-TLS handshake *and* the certificate check: against the system's trust roots
-plus ``--beacon-ca``, for the beacon's hostname or IP address (checked by
-``service_identity``), or, with ``--beacon-fingerprint``, against exactly
-one pinned certificate.  Nothing is sent before that, and a certificate
-that fails is a :class:`BeaconUntrusted` error in the log and in
-``last_error``; the link keeps retrying (with backoff) but never falls back
-to an unchecked connection.
+they mean is the node's business (``listener.tls_datagram_received``).
+A connection counts as up only after the TLS handshake *and* the
+certificate check: against the system's trust roots plus ``--beacon-ca``,
+for the beacon's hostname or IP address (checked by ``service_identity``),
+or, with ``--beacon-fingerprint``, against exactly one pinned certificate.
+Nothing is sent before that, and a certificate that fails is a
+:class:`BeaconUntrusted` error in the log and in ``last_error``; the link
+keeps retrying (1 s, doubling to 30 s, ±20 %) but never falls back to an
+unchecked connection.
+
+Why the check is in the endpoint rather than in ClientService's
+``prepareConnection``: a connection that ``prepareConnection`` rejects
+stays open, and its closing reaches ClientService as a disconnection it has
+no transition for (Twisted 26: ``NoTransition`` in ``Waiting``; in
+``Connecting`` too, when the handshake itself fails).  So
+:class:`VerifiedTLSEndpoint` fires only once the certificate has passed, a
+refused certificate is a failed connection attempt, ClientService never
+sees the protocol of a connection it must not use, and its count of failed
+attempts (our backoff) grows as it should.
 """
 
 from __future__ import annotations
@@ -28,27 +39,43 @@ import hashlib
 import hmac
 import random
 
-from automat import MethodicalMachine
 from cryptography import x509
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
-from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.application.internet import ClientService
+
 # Public as a parameter type of optionsForClientTLS, but only importable from here.
 from twisted.internet._sslverify import IOpenSSLTrustRoot
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    gatherResults,
+    succeed,
+)
+from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS, platformTrust
+from twisted.internet.ssl import (
+    CertificateOptions,
+    TLSVersion,
+    optionsForClientTLS,
+    platformTrust,
+)
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..common.timeouts import BEACON_TLS_CONNECT
+from ..common.wiring import check_provides
 from ..errors import InvalidArgument, PilotError, Unavailable
 from ..wire import DecodeError
 from ..wire.framing import FrameDecoder, encode_frame
+from .interfaces import ITLSLink, ITLSLinkListener
 
+#: seconds before the first retry after a failure; doubled per failure in a row
 FIRST_RETRY = 1.0
+#: the longest wait between retries
 MAX_RETRY = 30.0
-CONNECT_TIMEOUT = 10.0
 
 
 class BeaconUntrusted(PilotError):
@@ -91,7 +118,7 @@ def client_tls_options(host: str, ca_file: str | None = None, fingerprint: bytes
     """How to check the beacon: by CA and name, or by a pinned fingerprint.
 
     With a fingerprint, OpenSSL checks no chain (a self-signed beacon
-    certificate is fine); :class:`BeaconTLSProtocol` compares the leaf's
+    certificate is fine); :class:`_Handshake` compares the leaf's
     SHA-256 before anything is sent."""
     if fingerprint is not None:
         return CertificateOptions(raiseMinimumTo=TLSVersion.TLSv1_2)
@@ -136,19 +163,27 @@ def _ssl_reason(error) -> str:
         return str(error)
 
 
-# -- the connection ------------------------------------------------------------------
+# -- one connection ------------------------------------------------------------------
 
 
 @implementer(IHandshakeListener)
-class BeaconTLSProtocol(Protocol):
-    """Frames in and out; tells the link once the certificate has passed."""
+class _Handshake(Protocol):
+    """Waits for the TLS handshake and the certificate check, then hands the
+    connection to the protocol ``factory`` builds (and forwards to it).
 
-    def __init__(self, link, fingerprint: bytes | None):
+    ``ready`` fires with that protocol, or fails with why the connection
+    could not be used (a :class:`BeaconUntrusted`, or the reason it closed).
+    """
+
+    def __init__(self, link, factory, fingerprint: bytes | None):
         self.link = link
+        self.factory = factory
         self.fingerprint = fingerprint
-        self.verified = False
+        self.ready = Deferred()
+        self.app = None
         self.error: PilotError | None = None
-        self._decoder = FrameDecoder()
+        #: the attempt was given up (stopped, timed out): never hand the connection on
+        self.abandoned = False
         #: fires when the connection has closed
         self.closed = Deferred()
 
@@ -167,12 +202,93 @@ class BeaconTLSProtocol(Protocol):
                 )
                 self.transport.abortConnection()
                 return
-        self.verified = True
+        if self.abandoned:
+            self.transport.abortConnection()
+            return
+        self.app = self.factory.buildProtocol(self.transport.getPeer())
+        self.app.makeConnection(self.transport)
+        self.ready.callback(self.app)
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def dataReceived(self, data):
+        # Nothing counts before the certificate has passed.
+        if self.app is not None:
+            self.app.dataReceived(data)
+
+    def connectionLost(self, reason):
+        self.link.open_protocols.discard(self)
+        if self.app is not None:
+            self.app.connectionLost(reason)
+        elif not self.ready.called:
+            self.ready.errback(self.error if self.error is not None else reason)
+        self.closed.callback(None)
+
+
+class _OneProtocol(Factory):
+    def __init__(self, protocol):
+        self._protocol = protocol
+
+    def buildProtocol(self, addr):
+        return self._protocol
+
+
+@implementer(IStreamClientEndpoint)
+class VerifiedTLSEndpoint:
+    """Connects through ``endpoint`` (TCP with TLS) and fires only once the
+    certificate has passed, all within ``timeout`` seconds on ``clock``.
+
+    A failure is reported to ``link.attempt_failed`` and passed on."""
+
+    def __init__(self, clock, endpoint, link, fingerprint: bytes | None, timeout: float = BEACON_TLS_CONNECT):
+        self._clock = clock
+        self._endpoint = endpoint
+        self._link = link
+        self._fingerprint = fingerprint
+        self._timeout = timeout
+
+    def connect(self, factory) -> Deferred:
+        handshake = _Handshake(self._link, factory, self._fingerprint)
+        dialling = self._endpoint.connect(_OneProtocol(handshake))
+
+        def abandon(result):
+            dialling.cancel()
+            handshake.abandon()
+
+        result = Deferred(abandon)
+
+        def succeeded(protocol):
+            if not result.called:
+                result.callback(protocol)
+
+        def failed(failure):
+            if not result.called:
+                result.errback(failure)
+
+        dialling.addErrback(failed)
+        handshake.ready.addCallbacks(succeeded, failed)
+        result.addTimeout(self._timeout, self._clock)
+        return result.addErrback(self._link.attempt_failed, self._timeout)
+
+    def __repr__(self) -> str:
+        return f"<VerifiedTLSEndpoint {self._link.where}>"
+
+
+class _Frames(Protocol):
+    """Frames in and out of a verified connection."""
+
+    def __init__(self, link):
+        self.link = link
+        self._decoder = FrameDecoder()
+
+    def connectionMade(self):
+        # Built only once the certificate has passed (see _Handshake).
         self.link.verified(self)
 
     def dataReceived(self, data):
-        if not self.verified:
-            return
         try:
             frames = self._decoder.feed(data)
         except DecodeError:
@@ -186,55 +302,86 @@ class BeaconTLSProtocol(Protocol):
         self.transport.write(encode_frame(data))
 
     def connectionLost(self, reason):
-        self.link.open_protocols.discard(self)
-        self.closed.callback(None)
-        if self.verified:
-            self.link.lost(reason)
-        else:
-            self.link.failed(reason, self.error)
+        self.link.lost(self, reason)
 
 
-class _LinkFactory(Factory):
+class _FramesFactory(Factory):
     def __init__(self, link):
         self.link = link
 
     def buildProtocol(self, addr):
-        return BeaconTLSProtocol(self.link, self.link.fingerprint)
+        return _Frames(self.link)
 
 
+# -- the link --------------------------------------------------------------------------
+
+
+@implementer(ITLSLink)
 class BeaconTLSLink:
-    """A verified TLS connection to the beacon, kept up while started.
+    """A verified TLS connection to the beacon at ``host:port``, kept up while started.
 
-    ``on_datagram(data)`` gets each datagram from the beacon; ``on_up()`` is
-    called each time a verified connection is ready.  ``send(data)`` returns
-    False (and sends nothing) while there is none.
+    ``listener`` (:class:`ITLSLinkListener`) hears each datagram and each
+    time a verified connection is ready.  ``send(data)`` returns False (and
+    sends nothing) while there is none.  ``endpoint`` replaces the TCP+TLS
+    endpoint (tests); ``rng`` jitters the retries.
     """
 
-    _machine = MethodicalMachine()
     log = Logger()
 
-    def __init__(self, reactor, host: str, port: int, *, ca_file=None, fingerprint: bytes | None = None, on_datagram, on_up=lambda: None, rng=None, endpoint=None):
-        self._reactor = reactor
+    def __init__(
+        self,
+        reactor,
+        host: str,
+        port: int,
+        *,
+        listener,
+        ca_file: str | None = None,
+        fingerprint: bytes | None = None,
+        rng=None,
+        endpoint=None,
+        counters: collections.Counter | None = None,
+        timeout: float = BEACON_TLS_CONNECT,
+    ):
         self.where = f"{host}:{port}"
-        self.fingerprint = fingerprint
-        options = client_tls_options(host, ca_file, fingerprint)
-        self._endpoint = endpoint if endpoint is not None else SSL4ClientEndpoint(reactor, host, port, options, timeout=CONNECT_TIMEOUT)
-        self._on_datagram = on_datagram
-        self._on_up = on_up
+        self._listener = check_provides(listener, ITLSLinkListener, "BeaconTLSLink listener")
         self._rng = rng if rng is not None else random.Random()
-        self._delay = FIRST_RETRY
-        self._attempt = None
-        self._timer = None
-        self.protocol: BeaconTLSProtocol | None = None
-        self._connecting: BeaconTLSProtocol | None = None
+        if endpoint is None:
+            options = client_tls_options(host, ca_file, fingerprint)
+            endpoint = SSL4ClientEndpoint(reactor, host, port, options, timeout=timeout)
+        self._service = ClientService(
+            VerifiedTLSEndpoint(reactor, endpoint, self, fingerprint, timeout),
+            _FramesFactory(self),
+            retryPolicy=self.retry_delay,
+            clock=reactor,
+        )
+        self.protocol: _Frames | None = None
         #: the latest failure as ``{"code", "message"}``; None once connected
         self.last_error: dict | None = None
-        self.counters: collections.Counter = collections.Counter()
-        #: connections whose transport is still open (connected or not yet verified)
-        self.open_protocols: set[BeaconTLSProtocol] = set()
+        self.counters = counters if counters is not None else collections.Counter()
+        #: connections whose transport is still open (verified or not)
+        self.open_protocols: set[_Handshake] = set()
+
+    def retry_delay(self, failures: int) -> float:
+        """ClientService's retry policy: seconds to wait after ``failures`` failures in a row."""
+        delay = min(FIRST_RETRY * 2 ** min(failures - 1, 16), MAX_RETRY)
+        return delay * self._rng.uniform(0.8, 1.2)
+
+    # -- ITLSLink ------------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._service.running:
+            self._service.startService()
+
+    def stop(self) -> Deferred:
+        """Stop reconnecting and close the connection; fires once every connection has closed."""
+        stopping = self._service.stopService() if self._service.running else succeed(None)
+        return stopping.addCallback(lambda _: self.when_closed())
+
+    # -- what the rendezvous asks --------------------------------------------------
 
     @property
-    def connected(self) -> bool:
+    def up(self) -> bool:
+        """Is a verified connection ready?"""
         return self.protocol is not None
 
     def send(self, data: bytes) -> bool:
@@ -245,165 +392,39 @@ class BeaconTLSLink:
         return True
 
     def when_closed(self) -> Deferred:
-        """Fires once no connection of this link is open (after ``stop``)."""
+        """Fires once no connection of this link is open."""
         if not self.open_protocols:
             return succeed(None)
         return gatherResults([p.closed for p in self.open_protocols]).addCallback(lambda _: None)
 
-    def datagram_received(self, data: bytes) -> None:
-        self.counters["tls_datagrams"] += 1
-        self._on_datagram(data)
+    # -- what the connections report -----------------------------------------------
 
-    # -- states --
-
-    @_machine.state(initial=True)
-    def idle(self):
-        "not started"
-
-    @_machine.state()
-    def connecting(self):
-        "dialling, or waiting for the handshake and certificate check"
-
-    @_machine.state()
-    def connected_(self):
-        "a verified connection is up"
-
-    @_machine.state()
-    def waiting(self):
-        "the last attempt failed; the retry timer runs"
-
-    @_machine.state()
-    def stopped(self):
-        "stopped; a later start dials again"
-
-    # -- inputs --
-
-    @_machine.input()
-    def start(self):
-        "keep a connection up"
-
-    @_machine.input()
-    def stop(self):
-        "close the connection and stop retrying"
-
-    @_machine.input()
-    def verified(self, protocol):
-        "the handshake finished and the certificate passed"
-
-    @_machine.input()
-    def failed(self, reason, error=None):
-        "the attempt failed before the connection was verified"
-
-    @_machine.input()
-    def lost(self, reason):
-        "a verified connection ended"
-
-    @_machine.input()
-    def retry_due(self):
-        "the backoff timer fired"
-
-    # -- outputs --
-
-    @_machine.output()
-    def dial(self):
-        self._connecting = None
-        d = self._attempt = self._endpoint.connect(_LinkFactory(self))
-        d.addCallbacks(self._dialled, self._not_dialled)
-
-    def _dialled(self, protocol):
-        self._attempt = None
-        self._connecting = protocol
-
-    def _not_dialled(self, failure):
-        # A TCP-level failure: no protocol exists to report it.  A cancelled
-        # attempt is one we abandoned on purpose.
-        if not failure.check(CancelledError):
-            self.failed(failure)
-
-    @_machine.output()
-    def remember(self, protocol):
-        self._connecting = None
-        self.protocol = protocol
-        self._delay = FIRST_RETRY
-        self.last_error = None
-        self.log.info("connected to the beacon over TLS at {where}", where=self.where)
-
-    @_machine.output()
-    def announce_up(self, protocol):
-        self._on_up()
-
-    @_machine.output()
-    def report_failure(self, reason, error=None):
-        self._connecting = None
-        self._attempt = None
-        problem = error if error is not None else describe_failure(reason, self.where)
+    def attempt_failed(self, failure, timeout: float):
+        """A connection attempt failed: say why (unless we abandoned it), and pass it on."""
+        if failure.check(CancelledError):
+            return failure
+        if failure.check(TimeoutError):
+            problem = Unavailable(f"the beacon at {self.where} did not finish a TLS connection within {timeout:g} s")
+        else:
+            problem = describe_failure(failure, self.where)
         self.last_error = {"code": problem.code, "message": problem.message}
         if isinstance(problem, BeaconUntrusted):
             self.log.error("{message} ({hint})", message=problem.message, hint=problem.hint)
         else:
             self.log.info("{message}", message=problem.message)
+        return failure
 
-    @_machine.output()
-    def report_lost(self, reason):
-        self.protocol = None
-        self.log.info("the TLS connection to the beacon at {where} closed: {why}", where=self.where, why=reason.getErrorMessage())
+    def verified(self, protocol: _Frames) -> None:
+        self.protocol = protocol
+        self.last_error = None
+        self.log.info("connected to the beacon over TLS at {where}", where=self.where)
+        self._listener.tls_link_up()
 
-    @_machine.output()
-    def arm_retry(self):
-        self._timer = self._reactor.callLater(self._delay * self._rng.uniform(0.8, 1.2), self.retry_due)
-        self._delay = min(self._delay * 2, MAX_RETRY)
+    def lost(self, protocol: _Frames, reason) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+            self.log.info("the TLS connection to the beacon at {where} closed: {why}", where=self.where, why=reason.getErrorMessage())
 
-    @_machine.output()
-    def abandon_attempt(self):
-        attempt, self._attempt = self._attempt, None
-        if attempt is not None:
-            attempt.cancel()
-        connecting, self._connecting = self._connecting, None
-        if connecting is not None and connecting.transport is not None:
-            connecting.transport.abortConnection()
-
-    @_machine.output()
-    def close(self):
-        protocol, self.protocol = self.protocol, None
-        if protocol is not None:
-            protocol.transport.loseConnection()
-
-    @_machine.output()
-    def close_stray(self, protocol):
-        protocol.transport.loseConnection()
-
-    @_machine.output()
-    def cancel_timer(self):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._delay = FIRST_RETRY
-
-    # -- transitions --
-
-    idle.upon(start, enter=connecting, outputs=[dial])
-    idle.upon(stop, enter=stopped, outputs=[])
-    for _late in (verified, failed, lost, retry_due):
-        idle.upon(_late, enter=idle, outputs=[])
-
-    connecting.upon(verified, enter=connected_, outputs=[remember, announce_up])
-    connecting.upon(failed, enter=waiting, outputs=[report_failure, arm_retry])
-    connecting.upon(stop, enter=stopped, outputs=[abandon_attempt])
-    for _late in (start, lost, retry_due):
-        connecting.upon(_late, enter=connecting, outputs=[])
-
-    connected_.upon(lost, enter=waiting, outputs=[report_lost, arm_retry])
-    connected_.upon(stop, enter=stopped, outputs=[close])
-    for _late in (start, verified, failed, retry_due):
-        connected_.upon(_late, enter=connected_, outputs=[])
-
-    waiting.upon(retry_due, enter=connecting, outputs=[dial])
-    waiting.upon(stop, enter=stopped, outputs=[cancel_timer])
-    for _late in (start, verified, failed, lost):
-        waiting.upon(_late, enter=waiting, outputs=[])
-
-    stopped.upon(start, enter=connecting, outputs=[dial])
-    stopped.upon(verified, enter=stopped, outputs=[close_stray])
-    for _late in (stop, failed, lost, retry_due):
-        stopped.upon(_late, enter=stopped, outputs=[])
-    del _late
+    def datagram_received(self, data: bytes) -> None:
+        self.counters["tls_datagrams"] += 1
+        self._listener.tls_datagram_received(data)

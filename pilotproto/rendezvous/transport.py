@@ -17,20 +17,27 @@ first unanswered ``Hello`` has waited (``hello_unanswered_since()``); after
 TLS it keeps sending a padded ``Hello`` by UDP every ``UDP_PROBE_INTERVAL``
 seconds (and while the TLS link is down, the node's requests go by UDP
 too, so a beacon that was only restarting is found again at once); any
-answer by UDP proves UDP works both ways, and the node moves back (UDP is the better path: it can be punched, and it does not
-suffer head-of-line blocking).  ``on_change(kind)`` tells the node after
-each move, so it can re-register over the new transport at once.
+answer by UDP proves UDP works both ways, and the node moves back (UDP is
+the better path: it can be punched, and it does not suffer head-of-line
+blocking).  After each move the registration machine hears
+``transport_changed()``, so it re-registers over the new transport at once.
+
+Collaborators (checked): ``registration`` (:class:`IRegistration`: when
+did a Hello last go unanswered; tell it of a move), ``channel``
+(:class:`IBeaconChannel`: the UDP probe), ``link`` (:class:`ITLSLink`).
 """
 
 from __future__ import annotations
 
-import os
 import random
 
 from automat import MethodicalMachine
 from twisted.logger import Logger
 
+from ..common.ids import new_request_id
+from ..common.wiring import check_provides
 from ..wire import beacon as msgs
+from .interfaces import IBeaconChannel, IRegistration, ITLSLink
 
 UDP = "udp"
 TLS = "tls"
@@ -45,13 +52,13 @@ class BeaconTransport:
     _machine = MethodicalMachine()
     log = Logger()
 
-    def __init__(self, clock, *, hello_unanswered_since, send_udp, link, on_change=lambda kind: None, rng=None):
+    def __init__(self, clock, *, registration, channel, link, rng=None, ids=new_request_id):
         self._clock = clock
-        self._hello_unanswered_since = hello_unanswered_since
-        self._send_udp = send_udp
-        self._link = link
-        self._on_change = on_change
+        self._registration = check_provides(registration, IRegistration, "BeaconTransport registration")
+        self._channel = check_provides(channel, IBeaconChannel, "BeaconTransport channel")
+        self._link = check_provides(link, ITLSLink, "BeaconTransport link")
         self._rng = rng if rng is not None else random.Random()
+        self._ids = ids
         self._timer = None
         self._probe_id: int | None = None
         #: the transport in use: "udp" or "tls"
@@ -79,7 +86,7 @@ class BeaconTransport:
         return ours
 
     def _check(self):
-        since = self._hello_unanswered_since()
+        since = self._registration.hello_unanswered_since
         if since is not None and self._clock.seconds() - since >= UDP_GIVE_UP:
             self.udp_silent()
         else:
@@ -150,8 +157,8 @@ class BeaconTransport:
 
     @_machine.output()
     def send_probe(self):
-        self._probe_id = int.from_bytes(os.urandom(8), "big")
-        self._send_udp(msgs.encode(msgs.Hello(self._probe_id)))
+        self._probe_id = self._ids()
+        self._channel.send_by_udp(msgs.encode(msgs.Hello(self._probe_id)))
 
     @_machine.output()
     def use_tls(self):
@@ -159,7 +166,7 @@ class BeaconTransport:
         self.switches += 1
         self.log.info("no answer from the beacon by UDP for {s:g} s: using its TLS relay", s=UDP_GIVE_UP)
         self._link.start()
-        self._on_change(TLS)
+        self._registration.transport_changed()
 
     @_machine.output()
     def use_udp(self):
@@ -167,7 +174,7 @@ class BeaconTransport:
         self.switches += 1
         self.log.info("the beacon answers by UDP again: leaving its TLS relay")
         self._link.stop()
-        self._on_change(UDP)
+        self._registration.transport_changed()
 
     @_machine.output()
     def shut_down(self):

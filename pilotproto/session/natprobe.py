@@ -57,6 +57,8 @@ from typing import NamedTuple
 from automat import MethodicalMachine
 from twisted.logger import Logger
 
+from ..common.wiring import check_provides
+from ..interfaces import IDatagramSender
 from ..wire import Endpoint
 from ..wire import stun
 
@@ -80,10 +82,16 @@ class _Outstanding(NamedTuple):
 
 class NatProber:
     """
-    ``send(datagram, endpoint)`` sends from the node's socket;
-    ``source_endpoint()`` is the address and port that socket's datagrams
-    leave from (its real interface address, not the wildcard it is bound
-    to), or None; ``on_result(nat_type)`` hears every finished run.
+    Collaborators: ``udp`` (:class:`~pilotproto.interfaces.IDatagramSender`)
+    is the node's own socket, which the tests must run from;
+    ``source_endpoint()`` returns the address and port that socket's
+    datagrams leave from (its real interface address, not the wildcard it
+    is bound to), or None; ``on_result(nat_type)`` hears every finished run.
+
+    ``source_endpoint`` stays a callable, not a value given to :meth:`start`:
+    it is a question to the kernel's routing table, asked when Test I's
+    answer arrives, so a run compares the mapped endpoint with the route in
+    force at that moment.
     """
 
     _machine = MethodicalMachine()
@@ -92,16 +100,18 @@ class NatProber:
     def __init__(
         self,
         clock,
-        send,
+        udp,
         source_endpoint,
-        on_result=None,
+        on_result,
         tries: int = TRIES,
         try_interval: float = TRY_INTERVAL,
         deadline: float = DEADLINE,
         random_bytes=os.urandom,
     ):
+        if not callable(source_endpoint) or not callable(on_result):
+            raise TypeError("NatProber needs source_endpoint() and on_result(nat_type) callables")
         self._clock = clock
-        self._send = send
+        self._udp = check_provides(udp, IDatagramSender, "NatProber.udp")
         self._source_endpoint = source_endpoint
         self._on_result = on_result
         self._tries = tries
@@ -280,7 +290,7 @@ class NatProber:
             kind=kind, destination=str(destination), ip=change_ip, port=change_port,
         )  # fmt: skip
         self._tries_left = self._tries - 1
-        self._send(datagram, destination)
+        self._udp.send(datagram, destination)
         self._arm_try()
 
     def _arm_try(self):
@@ -321,7 +331,7 @@ class NatProber:
     @_machine.output()
     def resend(self):
         self._tries_left -= 1
-        self._send(self._outstanding.datagram, self._outstanding.destination)
+        self._udp.send(self._outstanding.datagram, self._outstanding.destination)
         self._arm_try()
 
     # -- outputs: what the filtering tests found ------------------------------------
@@ -358,8 +368,7 @@ class NatProber:
         self.nat_type = nat_type
         emit = self.log.info if changed else self.log.debug
         emit("NAT type: {nat_type} ({why})", nat_type=nat_type, why=why)
-        if self._on_result is not None:
-            self._on_result(nat_type)
+        self._on_result(nat_type)
 
     @_machine.output()
     def conclude_none(self):

@@ -12,7 +12,7 @@ one is proven to work both ways.  One Automat machine per peer.
 
 A session always starts on the relay, so the first byte never waits for a
 hole punch.  ``punch`` (both sides exchanged candidates through the session,
-see :mod:`pilotproto.session.sessions`) starts a burst: first a *priming*
+see :mod:`pilotproto.session.peer`) starts a burst: first a *priming*
 probe with a low TTL to every candidate — it opens our own NAT's mapping
 but dies before it reaches the peer's NAT, so the peer's first probes find
 a mapping instead of making conntrack pick another port — then full probes
@@ -26,38 +26,48 @@ packet authenticated from a new endpoint (the peer's NAT rebound, or it
 moved) is probed at once and becomes the path when acked, so the session
 follows the peer.
 
-Sources travel as opaque bytes (the tunnel layer binds cookies to them):
-``b"D" + endpoint`` for a direct packet, ``b"R" + address`` for one that
-came through the relay.
+The path learns from the typed source of every authenticated packet
+(:mod:`pilotproto.wire.sources`): a :class:`~pilotproto.wire.sources.Direct`
+source names the endpoint the peer's packet came from, a
+:class:`~pilotproto.wire.sources.Relayed` one says the peer used the relay.
+What the path sends it sends through its owner (:class:`IPathOwner`, the
+peer's record), which holds the keys and the sockets.
 """
 
 from __future__ import annotations
 
-import ipaddress
-
 import attrs
 from automat import MethodicalMachine
 from twisted.logger import Logger
+from zope.interface import Interface
 
-from ..wire import Endpoint, Reader, Writer
+from ..common.wiring import check_provides
+from ..wire import Endpoint
+from ..wire.sources import Direct, Relayed
 
-RELAY = "relay"
 FILTERING_NATS = {"restricted_cone", "port_restricted_cone", "symmetric", "unknown", "udp_blocked"}
 
 
-def direct_source(endpoint: Endpoint) -> bytes:
-    return b"D" + Writer().endpoint(endpoint).bytes()
+class IPathOwner(Interface):
+    """What a :class:`PeerPath` needs from the peer it is the path to."""
 
+    def send_datagram(packet, endpoint):
+        """Send one tunnel packet straight to ``endpoint`` over UDP."""
 
-def relay_source(address: bytes) -> bytes:
-    return b"R" + address
+    def send_relay(packet):
+        """Send one tunnel packet to the peer through the beacon's relay."""
 
+    def send_probe(endpoint, ttl=None):
+        """Seal one PathProbe and send it to ``endpoint`` (with IP TTL ``ttl`` if given)."""
 
-def source_endpoint(source: bytes) -> Endpoint | None:
-    """The endpoint a direct source names; None for the relay."""
-    if source[:1] != b"D":
-        return None
-    return Reader(source[1:]).endpoint()
+    def request_punch():
+        """Ask the peer, through the session, for a new coordinated punch."""
+
+    def relay_kind():
+        """How relayed packets leave this node now: ``"relay"`` or ``"relay-tcp"``."""
+
+    def label():
+        """How logs name the peer."""
 
 
 @attrs.frozen
@@ -79,41 +89,21 @@ class PathTimers:
 
 class PeerPath:
     """
-    The path to one peer.  ``send(packet)`` is what its tunnel calls.
+    The path to one peer.  ``send(packet)`` is what its tunnel's packets go through.
 
-    Collaborators: ``send_datagram(packet, endpoint, ttl=None)`` and
-    ``send_relay(address, packet)`` move bytes; ``send_probe(endpoint,
-    ttl=None)`` seals and sends one PathProbe (the sessions layer owns the
-    keys); ``request_punch()`` asks for a new coordinated punch;
-    ``relay_kind()`` says which relay transport the node uses now.
+    The sessions layer feeds it what it learns: candidates
+    (:meth:`add_candidates`, :meth:`start_punch`), every authenticated packet
+    with its source (:meth:`received`), and PathAcks (:meth:`acked`).
     """
 
     _machine = MethodicalMachine()
     log = Logger()
 
-    def __init__(
-        self,
-        clock,
-        address: bytes,
-        send_datagram,
-        send_relay,
-        send_probe=lambda endpoint, ttl=None: None,
-        request_punch=lambda: None,
-        relay_kind=lambda: RELAY,
-        allow_direct=True,
-        timers=PathTimers(),
-        label="peer",
-    ):
+    def __init__(self, clock, owner, *, allow_direct: bool = True, timers: PathTimers = PathTimers()):
         self._clock = clock
-        self.address = address
-        self._send_datagram = send_datagram
-        self._send_relay = send_relay
-        self._send_probe = send_probe
-        self._request_punch = request_punch
-        self._relay_kind = relay_kind
+        self._owner = check_provides(owner, IPathOwner, "PeerPath.owner")
         self.allow_direct = allow_direct
         self.timers = timers
-        self.label = label
         self.candidates: set[Endpoint] = set()
         self.lan_candidates: set[Endpoint] = set()
         self.direct: Endpoint | None = None
@@ -130,7 +120,6 @@ class PeerPath:
         self._timer = None
         self._burst_left = 0
         self._retry_delay = timers.retry_first
-        self.on_change = lambda kind: None
 
     # -- what the sessions layer asks ------------------------------------------
 
@@ -138,7 +127,7 @@ class PeerPath:
     def kind(self) -> str:
         if not self._on_direct:
             # Either side on the TLS relay makes the whole path a TCP one.
-            return "relay-tcp" if self.peer_nat == "udp_blocked" else self._relay_kind()
+            return "relay-tcp" if self.peer_nat == "udp_blocked" else self._owner.relay_kind()
         if self.direct in self.lan_candidates:
             return "lan"
         if self.our_nat in FILTERING_NATS or self.peer_nat in FILTERING_NATS:
@@ -158,9 +147,9 @@ class PeerPath:
             self.unanswered_probes = 0
             self._arm(self.timers.check_interval, self.keepalive_tick)
         if self._on_direct:
-            self._send_datagram(packet, self.direct)
+            self._owner.send_datagram(packet, self.direct)
         else:
-            self._send_relay(self.address, packet)
+            self._owner.send_relay(packet)
 
     def add_candidates(self, endpoints, lan=()) -> None:
         if self.allow_direct:
@@ -168,19 +157,20 @@ class PeerPath:
             self.candidates.update(lan)
             self.lan_candidates.update(lan)
 
-    def received(self, source: bytes, size: int) -> None:
-        """An authenticated packet arrived from ``source``."""
+    def received(self, source: Direct | Relayed, size: int) -> None:
+        """An authenticated packet of ``size`` bytes arrived from ``source``."""
         self.bytes_received += size
-        endpoint = source_endpoint(source)
-        if endpoint is None and self._on_direct and self.unanswered_since is None:
-            # The peer is using the relay although we use the direct path:
-            # it has stopped hearing us there.  Check the path at once.
-            self.unanswered_since = self._clock.seconds()
-            self.unanswered_probes = 0
-            self._arm(0, self.keepalive_tick)
+        if isinstance(source, Relayed):
+            if self._on_direct and self.unanswered_since is None:
+                # The peer is using the relay although we use the direct path:
+                # it has stopped hearing us there.  Check the path at once.
+                self.unanswered_since = self._clock.seconds()
+                self.unanswered_probes = 0
+                self._arm(0, self.keepalive_tick)
             return
-        if endpoint is None or not self.allow_direct:
+        if not isinstance(source, Direct) or not self.allow_direct:
             return
+        endpoint = source.endpoint
         if endpoint == self.direct:
             self.direct_seen = self._clock.seconds()
             self.unanswered_since = None
@@ -188,12 +178,12 @@ class PeerPath:
         elif endpoint not in self.candidates:
             # A new address for the peer: roaming or a NAT rebinding.
             self.candidates.add(endpoint)
-            self._send_probe(endpoint)
+            self._owner.send_probe(endpoint)
 
-    def acked(self, source: bytes) -> None:
-        endpoint = source_endpoint(source)
-        if endpoint is not None and self.allow_direct:
-            self.ack(endpoint)
+    def acked(self, source: Direct | Relayed) -> None:
+        """A PathAck arrived from ``source``: only a direct one proves a path."""
+        if isinstance(source, Direct) and self.allow_direct:
+            self.ack(source.endpoint)
 
     def start_punch(self) -> None:
         if self.allow_direct and self.candidates:
@@ -265,14 +255,14 @@ class PeerPath:
     @_machine.output()
     def _prime_and_start_burst(self):
         for endpoint in sorted(self.candidates):
-            self._send_probe(endpoint, ttl=self.timers.prime_ttl)
+            self._owner.send_probe(endpoint, ttl=self.timers.prime_ttl)
         self._burst_left = self.timers.burst_count
         self._arm(self.timers.burst_interval / 2, self.burst_tick)
 
     @_machine.output()
     def _burst_round(self):
         for endpoint in sorted(self.candidates):
-            self._send_probe(endpoint)
+            self._owner.send_probe(endpoint)
         self._burst_left -= 1
         if self._burst_left > 0:
             self._arm(self.timers.burst_interval, self.burst_tick)
@@ -288,7 +278,7 @@ class PeerPath:
     def _retry(self):
         # Restricted NATs open only if both sides send: ask for a new
         # coordinated punch rather than probing alone.
-        self._request_punch()
+        self._owner.request_punch()
 
     @_machine.output()
     def _use(self, endpoint):
@@ -303,8 +293,7 @@ class PeerPath:
         self.candidates.add(endpoint)
         if changed:
             self.switches += 1
-            self.log.info("{peer}: direct path {ep} ({kind})", peer=self.label, ep=str(endpoint), kind=self.kind)
-            self.on_change(self.kind)
+            self.log.info("{peer}: direct path {ep} ({kind})", peer=self._owner.label(), ep=str(endpoint), kind=self.kind)
 
     @_machine.output()
     def _arm_keepalive(self):
@@ -331,7 +320,7 @@ class PeerPath:
                 return
             self.unanswered_since = now
             self.unanswered_probes = 0
-        self._send_probe(self.direct)
+        self._owner.send_probe(self.direct)
         self.last_keepalive = now
         self.unanswered_probes += 1
         self._arm(t.check_interval, self.keepalive_tick)
@@ -342,8 +331,7 @@ class PeerPath:
         self.unanswered_since = None
         self.unanswered_probes = 0
         self.fallbacks += 1
-        self.log.info("{peer}: direct path {ep} went silent; using the relay", peer=self.label, ep=str(self.direct))
-        self.on_change(self.kind)
+        self.log.info("{peer}: direct path {ep} went silent; using the relay", peer=self._owner.label(), ep=str(self.direct))
         # A short outage should not cost a minute: try again soon, then back off.
         self._retry_delay = self.timers.retry_first
         self._arm(self.timers.silence_after, self.retry_tick)
@@ -380,7 +368,3 @@ class PeerPath:
         stopped.upon(_late, enter=stopped, outputs=[])
     del _late
 
-
-def is_lan_address(host: str) -> bool:
-    ip = ipaddress.ip_address(host)
-    return ip.is_private and not ip.is_loopback

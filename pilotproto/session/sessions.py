@@ -1,59 +1,61 @@
 """
-Encrypted sessions with trusted peers, and what runs on them today: ping.
+Encrypted sessions with trusted peers: the node's tunnels, one record per
+peer, and the API the node offers on them (ping, streams, the peer list).
 
 ``Sessions`` owns the node's :class:`~pilotproto.tunnel.TunnelEndpoint` and
-one :class:`PeerState` per peer: its tunnel, its path (relay or direct, see
-:mod:`pilotproto.session.paths`), the pings waiting for a pong, and whether the
-peer told us it revoked its trust.  The node feeds it datagrams from peers
-and frames from the relay, and asks it to ping, list peers, and tear down
-the sessions of a peer whose trust was revoked.
+is its :class:`~pilotproto.tunnel.ITunnelOwner`: every tunnel packet comes
+in through :meth:`Sessions.tunnel_packet_received` with its typed source
+(:class:`~pilotproto.wire.sources.Direct` from a peer's UDP endpoint,
+:class:`~pilotproto.wire.sources.Relayed` through the beacon), and every
+tunnel's packets leave through its peer's path.  The source travels with
+the packet, as a value, to whoever needs it: the cookie gate, the path
+(roaming), and the peer's message handlers (answers that depend on the way
+a packet came).  Per-peer work is in :mod:`pilotproto.session.peer`.
+
+Trust changes arrive as an :class:`~pilotproto.interfaces.ITrustListener`:
+a revoked peer is told (Close) and its session torn down at once.
 """
 
 from __future__ import annotations
 
 import base64
-import os
 
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..common import timeouts
+from ..common.ids import new_request_id
+from ..common.wiring import check_provides
 from ..errors import NotTrusted, PilotError, Refused, Timeout
-from ..identity import Address
-from ..streams import StreamConnection
+from ..interfaces import IPeerDirectory, ISessions, ITrustListener, ITrustPolicy
 from ..streams.errors import ConnectionClosed
-from ..tunnel import TunnelEndpoint
+from ..tunnel import ITunnelOwner, TunnelEndpoint
 from ..wire import DecodeError, Endpoint
 from ..wire import session as smsg
-from .paths import PathTimers, PeerPath, direct_source, relay_source, source_endpoint
+from ..wire.sources import Direct, Relayed
+from .paths import PathTimers
+from .peer import STREAM_PACKET, Peer, PeerLinks
 
-STREAM_PACKET = b"\x10"
-CONNECT_TIMEOUT = 15.0
+#: after telling a revoked peer (Close), wait this long before dropping its keys
 CLOSE_GRACE = 0.2
-#: a CallMeMaybe not answered in this time is sent again, this many times
-CALL_ME_MAYBE_RETRY = 0.7
-CALL_ME_MAYBE_TRIES = 5
 
 
-class PeerState:
-    def __init__(self, key: bytes, path: PeerPath):
-        self.key = key
-        self.address = Address.from_public_key(key)
-        self.hostname: str | None = None
-        self.path = path
-        self.pings: dict[int, tuple[defer.Deferred, float]] = {}
-        self.revoked_by_peer = False
-        self.last_rtt: float | None = None
-        self.heard_candidates_at: float | None = None
-        self.call_timer = None
-        #: the reliable streams and datagrams multiplexed on this session
-        self.streams: StreamConnection | None = None
-        self.up = False
-
-    def label(self) -> str:
-        return self.hostname or str(self.address)
-
-
+@implementer(ISessions, ITrustListener, ITunnelOwner)
 class Sessions:
+    """
+    Every session of one node.
+
+    Collaborators, each checked against its interface: ``trust``
+    (ITrustPolicy: does the tunnel responder answer this key?), ``udp``
+    (IDatagramSender) and ``relay`` (IRelay) move packets, ``directory``
+    (IPeerDirectory) finds peers, ``candidates`` (ILocalCandidates) says
+    where peers may reach us directly, ``acceptor`` (IStreamAcceptor) takes
+    the streams and datagrams peers open to us.  ``ids()`` gives ping ids
+    and probe nonces.  ``tunnel_options`` go to the TunnelEndpoint.
+    """
+
     log = Logger()
 
     def __init__(
@@ -61,402 +63,286 @@ class Sessions:
         clock,
         identity,
         *,
-        is_trusted,
-        send_datagram,
-        send_relay,
-        lookup,
-        local_candidates=lambda: ("unknown", (), ()),
-        on_stream=lambda state, stream, port: False,
-        on_datagram=lambda state, port, data: None,
-        relay_kind=lambda: "relay",
-        allow_direct=True,
-        path_timers=PathTimers(),
+        trust,
+        udp,
+        relay,
+        directory,
+        candidates,
+        acceptor,
+        ids=new_request_id,
+        allow_direct: bool = True,
+        path_timers: PathTimers = PathTimers(),
         **tunnel_options,
     ):
         self._clock = clock
-        self._is_trusted = is_trusted
-        self._send_datagram = send_datagram
-        self._send_relay = send_relay
-        self._lookup = lookup
-        self._local_candidates = local_candidates
-        self._on_stream = on_stream
-        self._on_stream_datagram = on_datagram
-        self._own_key = identity.public_key
-        self._relay_kind = relay_kind
-        self.allow_direct = allow_direct
-        self.path_timers = path_timers
-        self.connect_timeout = CONNECT_TIMEOUT
-        self.peers: dict[bytes, PeerState] = {}
-        self._source = None
-        self.endpoint = TunnelEndpoint(
-            identity,
+        self._trust = check_provides(trust, ITrustPolicy, "Sessions.trust")
+        self._directory = check_provides(directory, IPeerDirectory, "Sessions.directory")
+        self._links = PeerLinks(
             clock,
-            is_trusted=is_trusted,
-            send_factory=lambda key: self._state(key).path.send,
-            on_data=self._on_data,
-            on_up=self._on_up,
-            on_down=self._on_down,
-            on_authenticated=self._on_authenticated,
-            **tunnel_options,
+            udp=udp,
+            relay=relay,
+            candidates=candidates,
+            acceptor=acceptor,
+            ids=ids,
+            own_key=identity.public_key,
+            allow_direct=allow_direct,
+            path_timers=path_timers,
         )
+        #: seconds a tunnel handshake may take before open_stream / ping fail (tests shorten it)
+        self.connect_timeout = timeouts.TUNNEL_HANDSHAKE
+        #: one record per peer, by Ed25519 public key
+        self.peers: dict[bytes, Peer] = {}
+        self.endpoint = TunnelEndpoint(identity, clock, trust=trust, owner=self, **tunnel_options)
 
-    # -- datagrams in ------------------------------------------------------
+    @property
+    def allow_direct(self) -> bool:
+        return self._links.allow_direct
 
-    def datagram_received(self, data: bytes, source: Endpoint) -> None:
-        """A tunnel packet straight from a peer."""
-        self._receive(data, direct_source(source), lambda packet: self._send_datagram(packet, source))
+    @property
+    def path_timers(self) -> PathTimers:
+        return self._links.path_timers
 
-    def relay_received(self, sender: bytes, data: bytes) -> None:
-        """A tunnel packet the beacon relayed from the node at ``sender``."""
-        self._receive(data, relay_source(sender), lambda packet: self._send_relay(sender, packet))
+    # -- packets in ------------------------------------------------------------------
 
-    def _receive(self, data, source, reply):
-        self._source = (source, len(data))
-        try:
-            self.endpoint.datagram_received(data, source, reply)
-        finally:
-            self._source = None
-
-    # -- peers -------------------------------------------------------------
-
-    def _state(self, key: bytes) -> PeerState:
-        state = self.peers.get(key)
-        if state is None:
-            address = Address.from_public_key(key)
-            path = PeerPath(
-                self._clock,
-                address.to_bytes(),
-                self._send_datagram,
-                self._send_relay,
-                send_probe=lambda endpoint, ttl=None: self._send_probe(key, endpoint, ttl),
-                request_punch=lambda: self._call_me_maybe(key, reply=False),
-                relay_kind=self._relay_kind,
-                allow_direct=self.allow_direct,
-                timers=self.path_timers,
-                label=str(address),
-            )
-            state = self.peers[key] = PeerState(key, path)
-        return state
-
-    @defer.inlineCallbacks
-    def resolve(self, target: str):
-        """The trusted peer ``target`` names.
-
-        A peer with a live session is used at once (its endpoints are
-        refreshed from the beacon in the background), so neither a slow nor
-        a dead beacon holds up traffic that does not need it.
-        """
-        state = self._known(target)
-        if state is not None:
-            refresh = self._lookup(target)
-            refresh.addCallback(self._learn, state)
-            refresh.addErrback(lambda failure: None)
+    def tunnel_packet_received(self, data: bytes, source: Direct | Relayed) -> None:
+        """A tunnel packet from ``source``; a reply (a cookie) goes back the way it came."""
+        if isinstance(source, Direct):
+            self.endpoint.datagram_received(data, source, lambda packet: self._links.udp.send(packet, source.endpoint))
+        elif isinstance(source, Relayed):
+            self.endpoint.datagram_received(data, source, lambda packet: self._links.relay.send_relay(source.sender, packet))
         else:
-            found = yield self._lookup(target)
-            state = self._learn(found)
-        if not self._is_trusted(state.key):
-            raise NotTrusted(
-                f"this node does not trust {state.label()} ({state.address})",
-                hint=f"Ask for trust first: pilotctl handshake {state.label()} \"why\"",
-            )
-        if state.revoked_by_peer:
-            raise Refused(f"{state.label()} has revoked its trust in this node")
-        return state
+            raise TypeError(f"a tunnel packet comes straight from a peer or through the relay, not from {source!r}")
 
-    def _learn(self, found: dict, state: PeerState | None = None) -> PeerState:
-        key = base64.b64decode(found["public_key"])
-        if state is None or state.key != key:
-            state = self._state(key)
-        state.hostname = found["hostname"]
-        state.path.label = found["hostname"]
-        state.path.add_candidates(Endpoint(*_split(ep)) for ep in found.get("endpoints", ()))
-        return state
+    # -- ITunnelOwner: what the tunnels ask and tell -------------------------------------
 
-    def _known(self, target: str) -> PeerState | None:
-        for state in self.peers.values():
-            if target in (state.hostname, str(state.address)) and state.up:
-                return state
-        return None
+    def tunnel_send(self, peer_key: bytes, packet: bytes) -> None:
+        peer = self._record(peer_key)
+        if peer is not None:
+            peer.path.send(packet)
 
-    def connect(self, state: PeerState) -> defer.Deferred:
-        """Fires once the session with ``state``'s peer can carry data."""
-        d = self.endpoint.peer(state.key).connect()
+    def tunnel_authenticated(self, peer_key: bytes, source, size: int) -> None:
+        peer = self._record(peer_key)
+        if peer is not None:
+            peer.path.received(source, size)
 
-        def timed_out(failure):
-            failure.trap(defer.TimeoutError, Timeout)
-            raise Timeout(
-                f"{state.label()} did not answer the tunnel handshake",
-                hint="A session needs trust on both sides: has the peer approved your handshake?",
-            )
-
-        d.addTimeout(self.connect_timeout, self._clock)
-        return d.addErrback(timed_out)
-
-    @defer.inlineCallbacks
-    def ping(self, target: str, count: int = 4, interval: float = 1.0, timeout: float = 2.0, payload: bytes = b""):
-        """Ping ``target`` over its session; fires with a summary dict."""
-        state = yield self.resolve(target)
-        yield self.connect(state)
-        waits = []
-        for seq in range(1, count + 1):
-            if seq > 1:
-                yield _sleep(self._clock, interval)
-            waits.append(self._one_ping(state, seq, timeout, payload))
-        try:
-            results = yield defer.gatherResults(waits, consumeErrors=True)
-        except defer.FirstError as e:
-            e.subFailure.raiseException()
-        replies = [r for r in results if r is not None]
-        rtts = [r["rtt_ms"] for r in replies]
-        return {
-            "target": state.label(),
-            "address": str(state.address),
-            "sent": count,
-            "received": len(replies),
-            "loss_pct": round(100.0 * (count - len(replies)) / count, 1) if count else 0.0,
-            "replies": results,
-            "min_ms": min(rtts) if rtts else None,
-            "avg_ms": round(sum(rtts) / len(rtts), 3) if rtts else None,
-            "max_ms": max(rtts) if rtts else None,
-            "path": state.path.kind,
-            "endpoint": str(state.path.direct) if state.path.using_direct() else None,
-            "our_nat": state.path.our_nat,
-            "peer_nat": state.path.peer_nat,
-            "path_changes": state.path.switches + state.path.fallbacks,
-        }
-
-    def _one_ping(self, state: PeerState, seq: int, timeout: float, payload: bytes) -> defer.Deferred:
-        ping_id = int.from_bytes(os.urandom(8), "big")
-        d = defer.Deferred()
-        state.pings[ping_id] = (d, self._clock.seconds())
-        self.endpoint.peer(state.key).send_data(smsg.encode(smsg.Ping(ping_id, payload)))
-
-        def lost(failure):
-            failure.trap(defer.TimeoutError)
-            state.pings.pop(ping_id, None)
-            return None
-
-        def numbered(reply):
-            if reply is not None:
-                reply["seq"] = seq
-            return reply
-
-        d.addTimeout(timeout, self._clock)
-        return d.addErrback(lost).addCallback(numbered)
-
-    def describe(self) -> list[dict]:
-        out = []
-        for state in self.peers.values():
-            path = state.path
-            out.append(
-                {
-                    "hostname": state.hostname,
-                    "address": str(state.address),
-                    "public_key": base64.b64encode(state.key).decode(),
-                    "state": "up" if state.up else "down",
-                    "path": path.kind,
-                    "endpoint": str(path.direct) if path.using_direct() else "relay",
-                    "rtt_ms": state.last_rtt,
-                    "bytes_sent": path.bytes_sent,
-                    "bytes_received": path.bytes_received,
-                }
-            )
-        return out
-
-    # -- trust changes -------------------------------------------------------
-
-    def revoke(self, key: bytes) -> None:
-        """We stopped trusting ``key``: tell it, then tear its sessions down."""
-        state = self.peers.pop(key, None)
-        tunnel = self.endpoint.peers.get(key)
-        if tunnel is not None and tunnel.current is not None:
-            tunnel.send_data(smsg.encode(smsg.Close(smsg.CLOSE_REVOKED, "trust revoked")))
-        if state is not None:
-            self._fail_pings(state, Refused(f"trust in {state.label()} was revoked"))
-            self._close_streams(state, Refused(f"trust in {state.label()} was revoked"))
-            self._halt(state)
-        # Let the Close leave before the keys are gone.
-        self._clock.callLater(CLOSE_GRACE, self.endpoint.remove_peer, key)
-
-    def trusted(self, key: bytes) -> None:
-        """Trust (re)established with ``key``: forget an old revocation."""
-        state = self.peers.get(key)
-        if state is not None:
-            state.revoked_by_peer = False
-
-    def stop(self) -> None:
-        for key, tunnel in list(self.endpoint.peers.items()):
-            if tunnel.current is not None:
-                tunnel.send_data(smsg.encode(smsg.Close(smsg.CLOSE_SHUTDOWN, "node shutting down")))
-        for state in self.peers.values():
-            self._fail_pings(state, PilotError("the node is shutting down"))
-            self._close_streams(state, ConnectionClosed("the node is shutting down"))
-            self._halt(state)
-        self.endpoint.stop()
-
-    # -- tunnel callbacks ------------------------------------------------------
-
-    def _on_authenticated(self, key: bytes, source: bytes) -> None:
-        state = self._state(key)
-        state.path.received(source, self._source[1] if self._source else 0)
-
-    def _on_up(self, key: bytes) -> None:
-        state = self._state(key)
-        state.up = True
-        state.revoked_by_peer = False
-        self._call_me_maybe(key, reply=False)
-
-    def _on_down(self, key: bytes) -> None:
-        state = self.peers.get(key)
-        if state is not None:
-            state.up = False
-
-    def _on_data(self, key: bytes, plaintext: bytes) -> None:
-        state = self._state(key)
-        if plaintext[:1] == STREAM_PACKET:
-            self.streams_for(state).packet_received(plaintext)
+    def tunnel_data(self, peer_key: bytes, plaintext: bytes, source) -> None:
+        peer = self._record(peer_key)
+        if peer is None or peer.ended:
             return
-        source = self._source[0] if self._source else b"R"
+        if plaintext[:1] == STREAM_PACKET:
+            peer.stream_connection().packet_received(plaintext)
+            return
         try:
             msg = smsg.decode(plaintext)
         except DecodeError:
             self.endpoint.stats["session_malformed"] += 1
             return
-        tunnel = self.endpoint.peers.get(key)
-        if isinstance(msg, smsg.Ping):
-            pong = smsg.encode(smsg.Pong(msg.id, msg.payload))
-            if source[:1] == b"R" and state.path.using_direct() and tunnel.current is not None:
-                # Answer on the path the ping took: the peer could not reach
-                # us directly, so our direct path may be dead too.
-                self._send_relay(state.path.address, tunnel.current.seal(pong))
-            else:
-                tunnel.send_data(pong)
-        elif isinstance(msg, smsg.Pong):
-            self._pong(state, msg, source)
-        elif isinstance(msg, smsg.PathProbe):
-            endpoint = source_endpoint(source)
-            if endpoint is not None and tunnel.current is not None and self.allow_direct:
-                self._send_datagram(tunnel.current.seal(smsg.encode(smsg.PathAck(msg.nonce))), endpoint)
-        elif isinstance(msg, smsg.PathAck):
-            state.path.acked(source)
-        elif isinstance(msg, smsg.CallMeMaybe):
-            state.heard_candidates_at = self._clock.seconds()
-            state.path.peer_nat = msg.nat_type
-            state.path.add_candidates(msg.public, lan=msg.lan)
-            if not msg.reply:
-                self._call_me_maybe(key, reply=True)
-            state.path.start_punch()
-        elif isinstance(msg, smsg.Close):
-            self._closed_by_peer(state, msg)
-
-    def _pong(self, state, msg, source):
-        waiting = state.pings.pop(msg.id, None)
-        if waiting is None:
-            return
-        d, sent_at = waiting
-        rtt_ms = round((self._clock.seconds() - sent_at) * 1000.0, 3)
-        state.last_rtt = rtt_ms
-        path = state.path.kind if source[:1] == b"D" or not state.path.using_direct() else "relay"
-        d.callback({"rtt_ms": rtt_ms, "path": path, "bytes": len(msg.payload)})
-
-    def _closed_by_peer(self, state, msg):
-        if msg.reason == smsg.CLOSE_REVOKED:
-            state.revoked_by_peer = True
-            error = Refused(f"{state.label()} revoked its trust in this node")
+        if isinstance(msg, smsg.Close):
+            self._closed_by_peer(peer, msg)
         else:
-            error = Refused(f"{state.label()} closed the session: {msg.message}")
-        self.log.info("{peer} closed our session: {why}", peer=state.label(), why=msg.message)
-        self._fail_pings(state, error)
-        self._close_streams(state, error)
-        self._halt(state)
-        state.up = False
-        # Not from inside the tunnel's own packet handling.
-        self._clock.callLater(0, self.endpoint.remove_peer, state.key)
+            peer.message_received(msg, source)
 
-    # -- direct paths -----------------------------------------------------------
+    def tunnel_up(self, peer_key: bytes) -> None:
+        peer = self._record(peer_key)
+        if peer is not None:
+            peer.session_up()
 
-    def _call_me_maybe(self, key: bytes, reply: bool, tries: int = CALL_ME_MAYBE_TRIES) -> None:
-        """Tell the peer, through the session, where to reach us directly.
+    def tunnel_down(self, peer_key: bytes) -> None:
+        # Also from a tunnel being removed: the record still holds it.
+        peer = self.peers.get(peer_key)
+        if peer is not None:
+            peer.up = False
 
-        The peer answers with its own candidates and both sides punch.  A
-        call that hears no answer is repeated: on a lossy path one lost
-        datagram must not cost the direct path.
+    # -- peer records ------------------------------------------------------------------
+
+    def _record(self, key: bytes) -> Peer | None:
+        """The record of the live tunnel to ``key``; None when there is no tunnel.
+
+        A tunnel the record does not hold (the old one was torn down, and
+        the peer or we started over) gets a new record that keeps what
+        outlives a session (see :meth:`Peer.carry_over`)."""
+        tunnel = self.endpoint.peers.get(key)
+        if tunnel is None:
+            return None
+        peer = self.peers.get(key)
+        if peer is None or peer.tunnel is not tunnel:
+            previous, peer = peer, Peer(key, tunnel, self._links)
+            if previous is not None:
+                previous.end(ConnectionClosed(f"the session with {previous.label()} was replaced"))
+                peer.carry_over(previous)
+            self.peers[key] = peer
+        return peer
+
+    def _peer(self, key: bytes) -> Peer:
+        """The record for ``key``, with a tunnel (made idle if there was none)."""
+        self.endpoint.peer(key)
+        return self._record(key)
+
+    def _drop_tunnel(self, tunnel, forget: bool) -> None:
+        key = tunnel.remote_ed25519
+        if self.endpoint.peers.get(key) is tunnel:
+            self.endpoint.remove_peer(key)
+        peer = self.peers.get(key)
+        if peer is not None and peer.tunnel is tunnel:
+            peer.end(ConnectionClosed(f"the session with {peer.label()} ended"))
+            if forget:
+                del self.peers[key]
+
+    # -- finding and connecting ----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def resolve(self, target: str):
+        """The record of the trusted peer ``target`` names.
+
+        A peer with a live session is used at once (its endpoints are
+        refreshed from the beacon in the background), so neither a slow nor
+        a dead beacon holds up traffic that does not need it.
         """
-        tunnel = self.endpoint.peers.get(key)
-        if not self.allow_direct or tunnel is None or tunnel.current is None:
-            return
-        state = self._state(key)
-        nat_type, public, lan = self._local_candidates()
-        state.path.our_nat = nat_type
-        tunnel.send_data(smsg.encode(smsg.CallMeMaybe(reply, nat_type, tuple(public), tuple(lan))))
-        if reply:
-            return
-        asked_at = self._clock.seconds()
-        if state.call_timer is not None and state.call_timer.active():
-            state.call_timer.cancel()
-
-        def check():
-            state.call_timer = None
-            answered = state.heard_candidates_at is not None and state.heard_candidates_at >= asked_at
-            if not answered and tries > 1 and self.peers.get(key) is state and not state.path.using_direct():
-                self._call_me_maybe(key, reply=False, tries=tries - 1)
-
-        state.call_timer = self._clock.callLater(CALL_ME_MAYBE_RETRY, check)
-
-    def _send_probe(self, key: bytes, endpoint: Endpoint, ttl=None) -> None:
-        tunnel = self.endpoint.peers.get(key)
-        if tunnel is None or tunnel.current is None or not tunnel.current.can_seal():
-            return
-        nonce = int.from_bytes(os.urandom(8), "big")
-        packet = tunnel.current.seal(smsg.encode(smsg.PathProbe(nonce)))
-        self._send_datagram(packet, endpoint, ttl=ttl)
-
-    # -- streams ------------------------------------------------------------------
-
-    def streams_for(self, state: PeerState) -> StreamConnection:
-        """The stream multiplexer of ``state``'s session, made on first use."""
-        if state.streams is None:
-            tunnel = self.endpoint.peer(state.key)
-            state.streams = StreamConnection(
-                self._clock,
-                tunnel.send_data,
-                # Both sides must agree who is "low" so stream ids never collide.
-                self._own_key < state.key,
-                on_stream_opened=lambda stream, port: self._on_stream(state, stream, port),
-                on_datagram=lambda port, data: self._on_stream_datagram(state, port, data),
+        peer = self._known(target)
+        if peer is not None:
+            refresh = self._directory.lookup(target)
+            refresh.addCallback(self._learn)
+            refresh.addErrback(lambda failure: None)
+        else:
+            found = yield self._directory.lookup(target)
+            peer = self._learn(found)
+        if not self._trust.is_trusted(peer.key):
+            raise NotTrusted(
+                f"this node does not trust {peer.label()} ({peer.address})",
+                hint=f"Ask for trust first: pilotctl handshake {peer.label()} \"why\"",
             )
-        return state.streams
+        if peer.revoked_by_peer:
+            raise Refused(f"{peer.label()} has revoked its trust in this node")
+        return peer
+
+    def _learn(self, found: dict) -> Peer:
+        peer = self._peer(base64.b64decode(found["public_key"]))
+        peer.hostname = found["hostname"]
+        peer.path.add_candidates(Endpoint(*_split(ep)) for ep in found.get("endpoints", ()))
+        return peer
+
+    def _known(self, target: str) -> Peer | None:
+        for peer in self.peers.values():
+            if target in (peer.hostname, str(peer.address)) and peer.up:
+                return peer
+        return None
+
+    @defer.inlineCallbacks
+    def connect(self, target: str):
+        """The record of ``target``'s peer once its session can carry data."""
+        peer = yield self.resolve(target)
+        # The live record: a session that ended meanwhile has a new one.
+        peer = self._peer(peer.key)
+        d = peer.tunnel.connect()
+        d.addTimeout(self.connect_timeout, self._clock)
+        try:
+            yield d
+        except (defer.TimeoutError, Timeout):
+            raise Timeout(
+                f"{peer.label()} did not answer the tunnel handshake",
+                hint="A session needs trust on both sides: has the peer approved your handshake?",
+            ) from None
+        return peer
+
+    # -- what runs on sessions -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def ping(self, target: str, count: int = 4, interval: float = 1.0, timeout: float = 2.0, payload: bytes = b""):
+        """Ping ``target`` over its session; fires with a summary dict."""
+        peer = yield self.connect(target)
+        waits = []
+        for seq in range(1, count + 1):
+            if seq > 1:
+                yield deferLater(self._clock, interval)
+            waits.append(peer.ping(timeout, payload).addCallback(_numbered, seq))
+        try:
+            results = yield defer.gatherResults(waits, consumeErrors=True)
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
+        return _ping_summary(peer, count, results)
 
     @defer.inlineCallbacks
     def open_stream(self, target: str, port: int):
-        """A new stream to ``port`` on ``target``; fires with ``(peer state, stream)``."""
-        state = yield self.resolve(target)
-        yield self.connect(state)
-        return state, self.streams_for(state).open_stream(port)
+        """A new stream to ``port`` on ``target``; fires with ``(peer record, stream)``."""
+        peer = yield self.connect(target)
+        return peer, peer.stream_connection().open_stream(port)
 
-    def _close_streams(self, state: PeerState, error: PilotError) -> None:
-        streams, state.streams = state.streams, None
-        if streams is not None:
-            streams.close(error)
+    def describe(self) -> list[dict]:
+        return [peer.describe() for peer in self.peers.values()]
 
-    def _halt(self, state: PeerState) -> None:
-        state.path.stop()
-        if state.call_timer is not None and state.call_timer.active():
-            state.call_timer.cancel()
-        state.call_timer = None
+    # -- ITrustListener ----------------------------------------------------------------------
 
-    def _fail_pings(self, state: PeerState, error: PilotError) -> None:
-        pings, state.pings = state.pings, {}
-        for d, _ in pings.values():
-            d.errback(error)
+    def trust_established(self, public_key: bytes) -> None:
+        """Trust (again) mutual with ``public_key``: forget an old revocation."""
+        peer = self.peers.get(public_key)
+        if peer is not None:
+            peer.revoked_by_peer = False
+
+    def trust_revoked(self, public_key: bytes) -> None:
+        """We stopped trusting ``public_key``: tell it, then tear its session down."""
+        tunnel = self.endpoint.peers.get(public_key)
+        if tunnel is not None and tunnel.current is not None:
+            # On the session's own path, before the record ends.
+            tunnel.send_data(smsg.encode(smsg.Close(smsg.CLOSE_REVOKED, "trust revoked")))
+        peer = self.peers.get(public_key)
+        if peer is not None:
+            peer.end(Refused(f"trust in {peer.label()} was revoked"))
+        if tunnel is not None:
+            # Let the Close leave before the keys (and the record) are gone.
+            self._clock.callLater(CLOSE_GRACE, self._drop_tunnel, tunnel, forget=True)
+        elif peer is not None:
+            del self.peers[public_key]
+
+    def stop(self) -> None:
+        """Tell every peer we are going, fail what waits, and stop every timer."""
+        for tunnel in list(self.endpoint.peers.values()):
+            if tunnel.current is not None:
+                tunnel.send_data(smsg.encode(smsg.Close(smsg.CLOSE_SHUTDOWN, "node shutting down")))
+        for peer in self.peers.values():
+            peer.end(PilotError("the node is shutting down"), ConnectionClosed("the node is shutting down"))
+        self.endpoint.stop()
+
+    def _closed_by_peer(self, peer: Peer, msg: smsg.Close) -> None:
+        if msg.reason == smsg.CLOSE_REVOKED:
+            peer.revoked_by_peer = True
+            error = Refused(f"{peer.label()} revoked its trust in this node")
+        else:
+            error = Refused(f"{peer.label()} closed the session: {msg.message}")
+        self.log.info("{peer} closed our session: {why}", peer=peer.label(), why=msg.message)
+        peer.end(error)
+        # Not from inside the tunnel endpoint's packet handling.  The record
+        # stays (it remembers a revocation) until a new session replaces it.
+        self._clock.callLater(0, self._drop_tunnel, peer.tunnel, forget=False)
+
+
+def _numbered(reply, seq: int):
+    if reply is not None:
+        reply["seq"] = seq
+    return reply
+
+
+def _ping_summary(peer: Peer, count: int, results: list) -> dict:
+    replies = [r for r in results if r is not None]
+    rtts = [r["rtt_ms"] for r in replies]
+    path = peer.path
+    return {
+        "target": peer.label(),
+        "address": str(peer.address),
+        "sent": count,
+        "received": len(replies),
+        "loss_pct": round(100.0 * (count - len(replies)) / count, 1) if count else 0.0,
+        "replies": results,
+        "min_ms": min(rtts) if rtts else None,
+        "avg_ms": round(sum(rtts) / len(rtts), 3) if rtts else None,
+        "max_ms": max(rtts) if rtts else None,
+        "path": path.kind,
+        "endpoint": str(path.direct) if path.using_direct() else None,
+        "our_nat": path.our_nat,
+        "peer_nat": path.peer_nat,
+        "path_changes": path.switches + path.fallbacks,
+    }
 
 
 def _split(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def _sleep(clock, seconds: float) -> defer.Deferred:
-    d = defer.Deferred()
-    clock.callLater(seconds, d.callback, None)
-    return d

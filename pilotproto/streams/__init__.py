@@ -17,7 +17,9 @@ from .errors import (
     StreamError,
     StreamReset,
 )
+from .receiving import RecvState
 from .recovery import NewReno
+from .sending import SendState
 from .stream import IStreamHandler, Stream
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "IStreamHandler",
     "MAX_PACKET",
     "NewReno",
+    "RecvState",
+    "SendState",
     "Stream",
     "StreamConnection",
     "StreamError",

@@ -18,23 +18,23 @@ fails and the connection starts afresh.
 from __future__ import annotations
 
 import random as _random
-from collections import Counter, deque
+from collections import Counter
 
 from twisted.logger import Logger
 
-from . import frames
+from . import frames, receiving, sending
 from .bbr import BBR
 from .errors import CODE_REFUSED, CODE_TOO_MANY_STREAMS, ConnectionClosed, DatagramTooLarge
 from .flow import INITIAL_CONNECTION_CREDIT, INITIAL_STREAM_CREDIT, ReceiveWindow, SendCredit
 from .packets import ReceivedPackets
 from .recovery import Pacer, Recovery
+from .scheduler import FrameScheduler
 from .stream import K_MAX_DATA, K_MAX_STREAM_DATA, K_RESET, K_STOP, K_STREAM, Stream
 from ..wire.codec import DecodeError
 
 MAX_PACKET = 1150
 #: an ACK frame never takes more of a packet than this (about 36 ranges)
 ACK_ROOM = 300
-_CONTROL_ROOM = 32  # the largest control frame, with margin
 
 
 class StreamConnection:
@@ -103,11 +103,10 @@ class StreamConnection:
         self._incoming = 0
         self.peer_credit = SendCredit(INITIAL_CONNECTION_CREDIT)
         self.window = ReceiveWindow(self.connection_window, INITIAL_CONNECTION_CREDIT)
-        self._max_data_due = self.connection_window > INITIAL_CONNECTION_CREDIT
-        self._ready: dict[Stream, None] = {}
-        self._control: dict[Stream, None] = {}
-        self._blocked: dict[Stream, None] = {}
-        self._datagrams: deque = deque()
+        self._scheduler = FrameScheduler(
+            self.window, self.peer_credit, self.stats, self.datagram_queue,
+            max_data_due=self.connection_window > INITIAL_CONNECTION_CREDIT,
+        )
         self._probes = 0
 
     @property
@@ -137,10 +136,7 @@ class StreamConnection:
             raise DatagramTooLarge(f"a datagram of {len(data)} bytes exceeds the {self.max_datagram}-byte limit")
         if self.closed:
             raise ConnectionClosed("this session's stream connection is closed")
-        if len(self._datagrams) >= self.datagram_queue:
-            self._datagrams.popleft()
-            self.stats["datagrams_dropped"] += 1
-        self._datagrams.append(frames._DATAGRAM.pack(frames.DATAGRAM, port, len(data)) + bytes(data))
+        self._scheduler.add_datagram(frames._DATAGRAM.pack(frames.DATAGRAM, port, len(data)) + bytes(data))
         self._schedule_flush()
 
     def close(self, error=None) -> None:
@@ -148,8 +144,9 @@ class StreamConnection:
         if self.closed:
             return
         self.closed = True
-        for name in ("_flush_call", "_ack_call", "_loss_call", "_pace_call"):
-            self._cancel(name)
+        for call in (self._flush_call, self._ack_call, self._loss_call, self._pace_call):
+            _cancel(call)
+        self._flush_call = self._ack_call = self._loss_call = self._pace_call = None
         self._fail_all(error or ConnectionClosed())
 
     def _fail_all(self, error) -> None:
@@ -210,8 +207,7 @@ class StreamConnection:
                         stream.receive_max_stream_data(frame.limit)
                 elif kind is frames.MaxData:
                     if self.peer_credit.raise_to(frame.limit):
-                        self._ready.update(self._blocked)
-                        self._blocked.clear()
+                        self._scheduler.unblock()
                 elif kind is frames.Datagram:
                     self.stats["datagrams_received"] += 1
                     if self.on_datagram is not None:
@@ -244,7 +240,7 @@ class StreamConnection:
             self.window.receive(self.window.highest + grew)
             if not self.window.allows(self.window.highest):
                 self.stats["connection_flow_violations"] += 1
-                stream._violation()
+                stream.protocol_violation()
 
     def _stream_for(self, stream_id: int, port):
         stream = self.streams.get(stream_id)
@@ -280,12 +276,16 @@ class StreamConnection:
 
     def _announce(self, stream: Stream) -> None:
         """The first frame of an incoming stream named its port: offer it to the listener."""
+        if stream.receiving not in receiving.READING:
+            # The peer reset it (or broke it) before the frame with its port
+            # arrived: nobody has seen it, so there is nobody to offer it to.
+            return
         if self._incoming > self.max_incoming_streams:
             self.stats["streams_refused_too_many"] += 1
             stream.reset(CODE_TOO_MANY_STREAMS)
             return
         accepted = bool(self.on_stream_opened(stream, stream.port)) if self.on_stream_opened else False
-        if stream.send_state != "open" or stream.recv_state != "open":
+        if stream.sending not in sending.WRITABLE or stream.receiving not in receiving.READING:
             return  # the listener already reset it
         if not accepted:
             self.stats["streams_refused"] += 1
@@ -329,22 +329,13 @@ class StreamConnection:
                     stats["stream_bytes_retransmitted"] += item[3]
                     item[1].on_frame_lost(item[2], item[3], item[4])
                 elif kind == K_MAX_DATA:
-                    self._max_data_due = True
+                    self._scheduler.max_data_due = True
                 elif kind == K_MAX_STREAM_DATA:
-                    stream = item[1]
-                    if stream.recv_state == "open" and stream.final_size is None:
-                        stream.max_data_due = True
-                        self.stream_control(stream)
+                    item[1].on_credit_lost()
                 elif kind == K_RESET:
-                    stream = item[1]
-                    if stream.send_state == "reset":
-                        stream.reset_due = True
-                        self.stream_control(stream)
+                    item[1].on_reset_lost()
                 elif kind == K_STOP:
-                    stream = item[1]
-                    if stream.recv_state == "stopped":
-                        stream.stop_due = True
-                        self.stream_control(stream)
+                    item[1].on_stop_lost()
 
     def _ack_timer(self) -> None:
         self._ack_call = None
@@ -377,26 +368,24 @@ class StreamConnection:
 
     def stream_ready(self, stream: Stream) -> None:
         """``stream`` may have frames to send."""
-        self._ready[stream] = None
+        self._scheduler.stream_ready(stream)
         self._schedule_flush()
 
     def stream_control(self, stream: Stream) -> None:
-        self._control[stream] = None
+        """``stream`` may owe control frames (RESET_STREAM, STOP_SENDING, MAX_STREAM_DATA)."""
+        self._scheduler.stream_control(stream)
         self._schedule_flush()
 
     def stream_consumed(self, stream: Stream, n: int) -> None:
         self.window.consume(n)
         if self.window.update_due():
-            self._max_data_due = True
+            self._scheduler.max_data_due = True
             self._schedule_flush()
 
     def stream_finished(self, stream: Stream) -> None:
         if self.streams.pop(stream.id, None) is not None and not stream.local:
             self._incoming -= 1
-        self._ready.pop(stream, None)
-        self._blocked.pop(stream, None)
-        if not (stream.reset_due or stream.stop_due):
-            self._control.pop(stream, None)
+        self._scheduler.forget(stream)
 
     # -- packets out ---------------------------------------------------------------
 
@@ -404,18 +393,13 @@ class StreamConnection:
         if self._flush_call is None and not self._receiving and not self.closed:
             self._flush_call = self._clock.callLater(0, self._flush)
 
-    def _cancel(self, name: str) -> None:
-        call = getattr(self, name)
-        if call is not None and call.active():
-            call.cancel()
-        setattr(self, name, None)
-
     def _has_work(self) -> bool:
-        return bool(self._ready or self._control or self._datagrams or self._max_data_due or self._probes)
+        return bool(self._probes) or self._scheduler.has_work()
 
     def _flush(self) -> None:
         """Send what flow control, congestion control and the pacer allow."""
-        self._cancel("_flush_call")
+        _cancel(self._flush_call)
+        self._flush_call = None
         if self.closed:
             return
         now = self._clock.seconds()
@@ -441,7 +425,7 @@ class StreamConnection:
         if deadline is not None:
             call = self._loss_call
             if call is None or call.getTime() > deadline + 1e-4:
-                self._cancel("_loss_call")
+                _cancel(call)
                 self._loss_call = self._clock.callLater(max(0.0, deadline - now), self._loss_timer)
 
     def _pace_timer(self) -> None:
@@ -462,58 +446,8 @@ class StreamConnection:
                 room -= len(ack)
         sent_eliciting = False
         if eliciting:
-            if self._max_data_due and room >= _CONTROL_ROOM:
-                self._max_data_due = False
-                parts.append(frames.encode_frame(frames.MaxData(self.window.advertise())))
-                items.append((K_MAX_DATA,))
-                room -= 9
-            while self._control and room >= _CONTROL_ROOM:
-                stream = next(iter(self._control))
-                del self._control[stream]
-                if stream.reset_due:
-                    stream.reset_due = False
-                    frame = frames.ResetStream(stream.id, stream.reset_code, stream.sent_offset)
-                    parts.append(frames.encode_frame(frame))
-                    items.append((K_RESET, stream))
-                    room -= 15
-                if stream.stop_due:
-                    stream.stop_due = False
-                    parts.append(frames.encode_frame(frames.StopSending(stream.id, stream.stop_code)))
-                    items.append((K_STOP, stream))
-                    room -= 7
-                if stream.max_data_due and stream.recv_state == "open":
-                    stream.max_data_due = False
-                    parts.append(frames.encode_frame(frames.MaxStreamData(stream.id, stream.window.advertise())))
-                    items.append((K_MAX_STREAM_DATA, stream))
-                    room -= 13
-            datagrams = self._datagrams
-            while datagrams and len(datagrams[0]) <= room:
-                frame = datagrams.popleft()
-                parts.append(frame)
-                room -= len(frame)
-                sent_eliciting = True
-                self.stats["datagrams_sent"] += 1
-            ready = self._ready
-            credit = self.peer_credit
-            while ready and room > frames.STREAM_PORT_OVERHEAD:
-                stream = next(iter(ready))
-                del ready[stream]
-                if not stream.has_frames():
-                    continue
-                result = stream.next_frame(room, credit.limit - credit.used)
-                if result is None:
-                    self._blocked[stream] = None  # waits for MAX_DATA
-                    continue
-                frame, item, new = result
-                parts.append(frame)
-                items.append(item)
-                room -= len(frame)
-                credit.used += new
-                if stream.has_frames():
-                    ready[stream] = None  # round robin
-            if items:
-                sent_eliciting = True
-            elif self._probes and not sent_eliciting:
+            sent_eliciting = self._scheduler.fill(parts, items, room)
+            if not sent_eliciting and self._probes:
                 parts.append(bytes([frames.PING]))
                 sent_eliciting = True
         if len(parts) == 1:
@@ -530,9 +464,15 @@ class StreamConnection:
                 self._probes -= 1
         if with_ack:
             received.ack_sent()
-            self._cancel("_ack_call")
+            _cancel(self._ack_call)
+            self._ack_call = None
         stats = self.stats
         stats["packets_sent"] += 1
         stats["bytes_sent"] += size
         self._send_packet(packet)
         return True
+
+
+def _cancel(call) -> None:
+    if call is not None and call.active():
+        call.cancel()

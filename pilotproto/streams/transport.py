@@ -24,6 +24,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .receiving import READING
 from .stream import IStreamHandler
 
 
@@ -189,7 +190,7 @@ class StreamTransport:
             self._pull()
 
     def send_finished(self) -> None:
-        if self.disconnecting and self.stream.recv_state == "open":
+        if self.disconnecting and self.stream.receiving in READING:
             # loseConnection closes both directions, as with TCP.
             self.stream.reset()
             self._lost(ConnectionDone())

@@ -69,7 +69,8 @@ class OutgoingRequest:
     reason: str
     sent_at: float
     expires_at: float
-    #: "queued" (beacon has not acknowledged it), "sent", "approved", "rejected", "failed"
+    #: a :class:`pilotproto.trust.outgoing.State` value: "queued", "sent", "approved",
+    #: "rejected", "failed" or "expired" (the machine there moves it)
     state: str = "queued"
     #: the target's key, once known (from a lookup, or from its answer)
     public_key: bytes | None = None
@@ -116,7 +117,7 @@ class TrustStore:
         self.peer_seqs: dict[bytes, int] = {}
 
     @classmethod
-    def load(cls, home: str) -> "TrustStore":
+    def load(cls, home: str) -> TrustStore:
         """The store in ``home``; empty if there is no file yet."""
         store = cls(os.path.join(home, TRUST_FILE))
         try:

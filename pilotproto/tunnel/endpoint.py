@@ -5,7 +5,7 @@ One :class:`TunnelEndpoint` per node.  It owns the receiver-index table (a
 dict from our random 32-bit index to the peer and session it belongs to, so
 a data packet finds its session in one lookup, with no node address in
 clear), the responder's flood gate, the per-initiator timestamps that refuse
-replayed initiations, and the trust hook.
+replayed initiations, and asks the trust policy about initiators.
 
 Responder order of checks, cheapest first, so that work grows only as a
 sender proves more: decode -> mac1 (one BLAKE2s) -> load / cookie gate ->
@@ -21,10 +21,13 @@ import collections
 import os
 import struct
 
+from ..common.wiring import check_provides
+from ..interfaces import ITrustPolicy
 from ..wire import DecodeError
 from ..wire.tunnel import TunnelCookieReply, TunnelData, TunnelInit, TunnelResponse, decode_tunnel_packet
 from .cookie import CookieChecker, Verdict, check_mac1
 from .errors import TunnelError
+from .events import ITunnelOwner
 from .handshake import HandshakeTimers, PeerTunnel
 from .ik import LocalKeys, consume_initiation, tai64n
 from .record import Limits
@@ -83,14 +86,12 @@ class TunnelEndpoint:
     """
     Every tunnel of one node.
 
-    ``is_trusted(ed25519_public) -> bool`` is asked about every initiator
-    once its identity is proven.  ``send_factory(ed25519_public)`` returns
-    the ``send(packet)`` callable for a peer that initiated to us; without it
-    replies go back through the ``reply`` callable given with the datagram.
-    ``on_data(peer_public, plaintext)``, ``on_up(peer_public)``,
-    ``on_down(peer_public)`` and ``on_authenticated(peer_public, source)``
-    (a packet authenticated from ``source``: the path layer learns roaming
-    endpoints from it) report to the node.
+    ``trust`` (:class:`~pilotproto.interfaces.ITrustPolicy`) is asked about
+    every initiator once its identity is proven.  ``owner``
+    (:class:`~pilotproto.tunnel.events.ITunnelOwner`) moves every tunnel's
+    packets and hears what arrives: data with the source it came from, and
+    every authenticated packet with its source and size (the path layer
+    learns roaming endpoints from them).
     """
 
     def __init__(
@@ -98,26 +99,18 @@ class TunnelEndpoint:
         identity,
         clock,
         *,
-        is_trusted,
-        send_factory=None,
+        trust,
+        owner,
         randbytes=os.urandom,
-        on_data=lambda peer, plaintext: None,
-        on_up=lambda peer: None,
-        on_down=lambda peer: None,
-        on_authenticated=lambda peer, source: None,
         timers: HandshakeTimers = HandshakeTimers(),
         limits: Limits = Limits(),
         cookie_options: dict | None = None,
     ):
         self.local = LocalKeys.from_identity(identity)
         self._clock = clock
-        self._is_trusted = is_trusted
-        self._send_factory = send_factory
+        self._trust = check_provides(trust, ITrustPolicy, "TunnelEndpoint.trust")
+        self._owner = check_provides(owner, ITunnelOwner, "TunnelEndpoint.owner")
         self._randbytes = randbytes
-        self._on_data = on_data
-        self._on_up = on_up
-        self._on_down = on_down
-        self._on_authenticated = on_authenticated
         self.timers = timers
         self.limits = limits
         self.stats: collections.Counter = collections.Counter()
@@ -127,31 +120,22 @@ class TunnelEndpoint:
         self.peers: dict[bytes, PeerTunnel] = {}
         self._greatest_timestamp: dict[bytes, bytes] = {}
 
-    def peer(self, ed25519_public: bytes, send=None) -> PeerTunnel:
+    def peer(self, ed25519_public: bytes) -> PeerTunnel:
         """The tunnel to ``ed25519_public``, made on first use."""
         tunnel = self.peers.get(ed25519_public)
-        if tunnel is not None:
-            return tunnel
-        if send is None:
-            if self._send_factory is None:
-                raise ValueError("a new peer tunnel needs a send callable")
-            send = self._send_factory(ed25519_public)
-        tunnel = PeerTunnel(
-            local=self.local,
-            remote_ed25519=ed25519_public,
-            clock=self._clock,
-            send=send,
-            indices=self.indices,
-            randbytes=self._randbytes,
-            timestamps=self.timestamps,
-            on_data=lambda plaintext: self._on_data(ed25519_public, plaintext),
-            on_up=lambda: self._on_up(ed25519_public),
-            on_down=lambda: self._on_down(ed25519_public),
-            timers=self.timers,
-            limits=self.limits,
-            stats=self.stats,
-        )
-        self.peers[ed25519_public] = tunnel
+        if tunnel is None:
+            tunnel = self.peers[ed25519_public] = PeerTunnel(
+                local=self.local,
+                remote_ed25519=ed25519_public,
+                clock=self._clock,
+                owner=self._owner,
+                indices=self.indices,
+                randbytes=self._randbytes,
+                timestamps=self.timestamps,
+                timers=self.timers,
+                limits=self.limits,
+                stats=self.stats,
+            )
         return tunnel
 
     def remove_peer(self, ed25519_public: bytes) -> None:
@@ -164,15 +148,22 @@ class TunnelEndpoint:
         for key in list(self.peers):
             self.remove_peer(key)
 
-    def datagram_received(self, data: bytes, source: bytes, reply) -> None:
-        """Handle one tunnel packet from ``source`` (opaque bytes naming the sender's address)."""
+    def datagram_received(self, data: bytes, source, reply) -> None:
+        """Handle one tunnel packet from ``source``.
+
+        ``source`` is a typed source (:mod:`pilotproto.wire.sources`): the
+        cookie gate binds cookies to ``source.key()``, and it is passed up
+        with what the packet carried.  ``reply(packet)`` sends a cookie reply
+        back the way this packet came; everything else a tunnel sends goes
+        through the owner.
+        """
         try:
             packet = decode_tunnel_packet(data)
         except DecodeError:
             self.stats["malformed"] += 1
             return
         if isinstance(packet, TunnelData):
-            self._data(packet, source)
+            self._data(packet, source, len(data))
         elif isinstance(packet, TunnelInit):
             self._initiation(packet, data, source, reply)
         elif isinstance(packet, TunnelResponse):
@@ -180,20 +171,28 @@ class TunnelEndpoint:
         else:
             self._cookie(packet)
 
-    def _data(self, packet: TunnelData, source: bytes) -> None:
+    def _data(self, packet: TunnelData, source, size: int) -> None:
         entry = self.indices.lookup(packet.receiver_index)
         if entry is None or entry[1] is None:
             self.stats["data_unknown_index"] += 1
             return
         tunnel, session = entry
-        if tunnel.data_received(session, packet):
-            self._on_authenticated(tunnel.remote_ed25519, source)
+        plaintext = tunnel.data_received(session, packet)
+        if plaintext is None:
+            return
+        # Data first: a PathAck from a new endpoint makes it the path before
+        # the path would probe it as a stranger, and whatever the data makes
+        # us send goes out before this packet counts as the path's answer.
+        if plaintext:
+            self._owner.tunnel_data(tunnel.remote_ed25519, plaintext, source)
+        self._owner.tunnel_authenticated(tunnel.remote_ed25519, source, size)
 
-    def _initiation(self, packet: TunnelInit, data: bytes, source: bytes, reply) -> None:
-        verdict = self.gate.admit_initiation(data, source)
+    def _initiation(self, packet: TunnelInit, data: bytes, source, reply) -> None:
+        binding = source.key()
+        verdict = self.gate.admit_initiation(data, binding)
         if verdict is Verdict.SEND_COOKIE:
             self.stats["cookie_sent"] += 1
-            reply(self.gate.make_reply(packet.sender_index, data, source))
+            reply(self.gate.make_reply(packet.sender_index, data, binding))
             return
         if verdict is not Verdict.PROCESS:
             self.stats[f"init_{verdict.value}"] += 1
@@ -208,17 +207,15 @@ class TunnelEndpoint:
         if initiator == self.local.ed25519_public:
             self.stats["init_from_self"] += 1
             return
-        if not self._is_trusted(initiator):
+        if not self._trust.is_trusted(initiator):
             self.stats["init_untrusted"] += 1
             return
         if consumed.timestamp <= self._greatest_timestamp.get(initiator, b""):
             self.stats["init_replayed"] += 1
             return
         self._greatest_timestamp[initiator] = consumed.timestamp
-        tunnel = self.peers.get(initiator)
-        if tunnel is None:
-            tunnel = self.peer(initiator, send=None if self._send_factory else reply)
-        self._on_authenticated(initiator, source)
+        tunnel = self.peer(initiator)
+        self._owner.tunnel_authenticated(initiator, source, len(data))
         tunnel.initiation_received(consumed)
 
     def _response(self, packet: TunnelResponse, data: bytes) -> None:

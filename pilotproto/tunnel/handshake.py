@@ -40,10 +40,12 @@ import attrs
 from automat import MethodicalMachine
 from twisted.internet.defer import Deferred
 
+from ..common.wiring import check_provides
 from ..errors import Timeout
 from ..wire.tunnel import TunnelCookieReply, TunnelData, TunnelResponse
 from .cookie import CookieJar, stamp_macs
 from .errors import KeyExpired, ReplayError, TunnelClosed, TunnelError
+from .events import ITunnelOwner
 from .ik import ConsumedInitiation, LocalKeys, create_initiation, create_response, consume_response, remote_static_for
 from .record import Limits, Session
 
@@ -66,11 +68,13 @@ class PeerTunnel:
     """
     The tunnel to one peer, keyed by its Ed25519 public key.
 
-    Collaborators: ``send(packet_bytes)`` puts a packet on the peer's path;
-    ``indices`` is the endpoint's receiver-index table; ``randbytes(n)``
-    gives ephemeral keys, indices and jitter; ``timestamps()`` gives strictly
-    increasing 12-byte timestamps; ``on_data(plaintext)``, ``on_up()`` and
-    ``on_down()`` report to the layer above.
+    Collaborators: ``owner`` (:class:`~pilotproto.tunnel.events.ITunnelOwner`)
+    puts packets on the peer's path and hears when a session comes up or
+    goes down; ``indices`` is the endpoint's receiver-index table;
+    ``randbytes(n)`` gives ephemeral keys, indices and jitter;
+    ``timestamps()`` gives strictly increasing 12-byte timestamps.  Data
+    is not reported from here: :meth:`data_received` returns the plaintext
+    to the endpoint, which knows the packet's source and reports both.
     """
 
     _machine = MethodicalMachine()
@@ -81,13 +85,10 @@ class PeerTunnel:
         local: LocalKeys,
         remote_ed25519: bytes,
         clock,
-        send,
+        owner,
         indices,
         randbytes,
         timestamps,
-        on_data=lambda plaintext: None,
-        on_up=lambda: None,
-        on_down=lambda: None,
         timers: HandshakeTimers = HandshakeTimers(),
         limits: Limits = Limits(),
         stats: collections.Counter | None = None,
@@ -96,13 +97,10 @@ class PeerTunnel:
         self.remote_ed25519 = remote_ed25519
         self.remote_x25519 = remote_static_for(remote_ed25519)
         self._clock = clock
-        self._send = send
+        self._owner = check_provides(owner, ITunnelOwner, "PeerTunnel.owner")
         self._indices = indices
         self._randbytes = randbytes
         self._timestamps = timestamps
-        self._on_data = on_data
-        self._on_up = on_up
-        self._on_down = on_down
         self.timers = timers
         self.limits = limits
         self.stats = stats if stats is not None else collections.Counter()
@@ -173,25 +171,24 @@ class PeerTunnel:
     def cookie_received(self, reply: TunnelCookieReply) -> None:
         self.rx_cookie(reply)
 
-    def data_received(self, session: Session, packet: TunnelData) -> bool:
-        """Open a data packet for one of our sessions; True when it authenticated."""
+    def data_received(self, session: Session, packet: TunnelData) -> bytes | None:
+        """Open a data packet for one of our sessions: its plaintext (empty for
+        a keepalive), or None when it did not authenticate."""
         try:
             plaintext = session.open(packet)
         except ReplayError:
             self.stats["data_replayed"] += 1
-            return False
+            return None
         except KeyExpired:
             self.stats["data_expired_key"] += 1
-            return False
+            return None
         except TunnelError:
             self.stats["data_auth_failed"] += 1
-            return False
+            return None
         self.stats["data_received"] += 1
         if session is self.next:
             self.next_confirmed()
-        if plaintext:
-            self._on_data(plaintext)
-        return True
+        return plaintext
 
     # -- inputs ----------------------------------------------------------
 
@@ -336,7 +333,7 @@ class PeerTunnel:
     @_machine.output()
     def _report_up(self):
         self.stats["sessions_up"] += 1
-        self._on_up()
+        self._owner.tunnel_up(self.remote_ed25519)
 
     @_machine.output()
     def _fire_waiters(self):
@@ -385,7 +382,7 @@ class PeerTunnel:
 
     @_machine.output()
     def _report_down(self):
-        self._on_down()
+        self._owner.tunnel_down(self.remote_ed25519)
 
     @_machine.output()
     def _close(self):
@@ -476,6 +473,9 @@ class PeerTunnel:
         self._expiry_call = None
         if session is self.current:
             self.current_expired()
+
+    def _send(self, packet: bytes) -> None:
+        self._owner.tunnel_send(self.remote_ed25519, packet)
 
     @staticmethod
     def _cancel(call):

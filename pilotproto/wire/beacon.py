@@ -16,42 +16,37 @@ signature.  ``Register`` proves freshness with a nonce the beacon issued in
 a ``Challenge``; every other signed request with a sequence number the
 beacon has not seen from that key (see :mod:`pilotproto.beacon.registry`).
 
-Encoding is pure; :func:`decode` raises only :class:`DecodeError`.
+This module holds the records; the header, signing and the type registry
+are in :mod:`pilotproto.wire.beacon_codec` and re-exported here.  Encoding
+is pure; :func:`decode` raises only :class:`DecodeError`.
 """
 
 from __future__ import annotations
 
 import attrs
 
+from .beacon_codec import (
+    HEADER_SIZE,
+    KEY_SIZE,
+    KIND,
+    NONCE_SIZE,
+    SIG_SIZE,
+    SIGNING_CONTEXT,
+    TYPES,
+    VERSION,
+    decode,
+    encode,
+    sign,
+    signed_bytes,
+)
+from .beacon_codec import message as _message
 from .codec import DecodeError, Endpoint, Reader, Writer
-
-KIND = 0xB0
-VERSION = 1
-HEADER_SIZE = 11
-SIGNING_CONTEXT = b"pilotproto beacon request v1\x00"
-NONCE_SIZE = 32
-KEY_SIZE = 32
-SIG_SIZE = 64
 
 #: A Hello is padded to at least this size so that the Challenge it earns is
 #: smaller than it: the beacon never amplifies an unauthenticated request.
 HELLO_MIN_SIZE = 128
 
 FLAG_PUBLIC = 0x01
-
-_TYPES: dict[int, type] = {}
-
-
-def _message(type_code: int, signed: bool = False):
-    """Class decorator: register a message type and mark it signed or not."""
-
-    def deco(cls):
-        cls.TYPE = type_code
-        cls.SIGNED = signed
-        _TYPES[type_code] = cls
-        return cls
-
-    return deco
 
 
 # --- unauthenticated ----------------------------------------------------
@@ -479,63 +474,11 @@ class Deliver:
         return cls(mail_id=mail_id, datagram=datagram, **kw)
 
 
-# --- codec ------------------------------------------------------------------
+MESSAGE_TYPES = tuple(TYPES.values())
 
-
-def _encode_unsigned_part(msg) -> bytes:
-    w = Writer().u8(KIND).u8(VERSION).u8(msg.TYPE).u64(msg.request_id)
-    if msg.SIGNED:
-        if len(msg.public_key) != KEY_SIZE:
-            raise ValueError("public key must be 32 bytes")
-        w.raw(msg.public_key).u64(msg.seq)
-    msg.write_body(w)
-    return w.bytes()
-
-
-def signed_bytes(msg) -> bytes:
-    """The exact bytes a signed request's signature covers."""
-    return SIGNING_CONTEXT + _encode_unsigned_part(msg)
-
-
-def sign(msg, identity, seq: int):
-    """Return ``msg`` with ``identity``'s key, ``seq`` and signature filled in."""
-    msg = attrs.evolve(msg, public_key=identity.public_key, seq=seq)
-    return attrs.evolve(msg, signature=identity.sign(signed_bytes(msg)))
-
-
-def encode(msg) -> bytes:
-    data = _encode_unsigned_part(msg)
-    if msg.SIGNED:
-        if len(msg.signature) != SIG_SIZE:
-            raise ValueError("signature must be 64 bytes")
-        data += msg.signature
-    return data
-
-
-def decode(data: bytes):
-    """Decode one beacon message; raise DecodeError for anything malformed."""
-    r = Reader(data)
-    if r.u8() != KIND:
-        raise DecodeError("not a beacon message")
-    version = r.u8()
-    if version != VERSION:
-        raise DecodeError(f"unsupported beacon protocol version {version}")
-    type_code = r.u8()
-    cls = _TYPES.get(type_code)
-    if cls is None:
-        raise DecodeError(f"unknown beacon message type {type_code}")
-    kw = {"request_id": r.u64()}
-    if cls.SIGNED:
-        kw["public_key"] = r.take(KEY_SIZE)
-        kw["seq"] = r.u64()
-        body = Reader(r.take(r.remaining() - SIG_SIZE) if r.remaining() >= SIG_SIZE else r.take(SIG_SIZE))
-        kw["signature"] = r.take(SIG_SIZE)
-        msg = cls.read_body(body, **kw)
-        body.end()
-    else:
-        msg = cls.read_body(r, **kw)
-    r.end()
-    return msg
-
-
-MESSAGE_TYPES = tuple(_TYPES.values())
+__all__ = [
+    "DecodeError", "Endpoint", "HEADER_SIZE", "KEY_SIZE", "KIND", "NONCE_SIZE", "SIG_SIZE",
+    "SIGNING_CONTEXT", "VERSION", "HELLO_MIN_SIZE", "FLAG_PUBLIC", "MAX_REASON",
+    "VISIBILITY_CHUNK_KEYS", "MAX_DELIVERED", "MESSAGE_TYPES",
+    "decode", "encode", "sign", "signed_bytes",
+] + [cls.__name__ for cls in MESSAGE_TYPES]

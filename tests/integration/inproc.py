@@ -31,7 +31,6 @@ def make_node(tmp_path, beacon, name, **kw):
         hostname=name,
         beacon=f"127.0.0.1:{beacon.port}",
         reactor=reactor,
-        control_socket=False,
         **kw,
     )
     node.startService()

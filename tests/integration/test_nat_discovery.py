@@ -98,15 +98,14 @@ def test_a_node_without_nat_reports_none(tmp_path, beacon):
         hostname="agent-a",
         beacon=f"{PRIMARY}:{beacon.port}",
         reactor=reactor,
-        control_socket=False,
     )
     node.startService()
     try:
         for _ in range(100):
-            if node.nat_type != "unknown":
+            if node.nat.nat_type != "unknown":
                 break
             yield sleep(0.05)
-        assert node.ctl_info()["nat_type"] == "none"
-        assert node.nat_prober.reflexive == node.source_endpoint()
+        assert (yield node.info())["nat_type"] == "none"
+        assert node.nat.prober.reflexive == node.nat.source_endpoint()
     finally:
         yield node.stopService()

@@ -52,7 +52,6 @@ def node(tmp_path, beacon, name, udp_blocked=False, **kw):
         beacon=f"127.0.0.1:{udp_port}",
         beacon_tls=f"127.0.0.1:{beacon.tls.port}",
         reactor=reactor,
-        control_socket=False,
         # Loopback would let the peers find each other directly; keep them on the relay.
         allow_direct=False,
         **kw,
@@ -76,13 +75,13 @@ def test_a_node_without_udp_registers_over_tls_and_pings_through_the_relay(tmp_p
     normal = node(tmp_path, beacon, "agent-b")
     try:
         started = reactor.seconds()
-        assert (yield wait_until(lambda: blocked.beacon_client.registered and normal.beacon_client.registered, 10))
+        assert (yield wait_until(lambda: blocked.link.registered and normal.link.registered, 10))
         took = reactor.seconds() - started
         assert took < 8, took
-        info = blocked.ctl_info()
+        info = yield blocked.info()
         assert info["beacon_transport"] == "tls" and info["registered"]
         assert info["reflexive_endpoint"] is None
-        assert normal.ctl_info()["beacon_transport"] == "udp"
+        assert (yield normal.info())["beacon_transport"] == "udp"
         assert beacon.server.counters["tls_connections"] >= 1
 
         yield trust_each_other(blocked, normal)
@@ -92,7 +91,7 @@ def test_a_node_without_udp_registers_over_tls_and_pings_through_the_relay(tmp_p
         back = yield normal.ping("agent-a", count=2, interval=0.1)
         assert back["received"] == 2, back
         assert beacon.server.counters["relayed_frames"] >= 10
-        [peer] = blocked.ctl_peers()["peers"]
+        [peer] = (yield blocked.peers())["peers"]
         assert peer["path"] == "relay-tcp"
     finally:
         yield defer.gatherResults([defer.maybeDeferred(blocked.stopService), defer.maybeDeferred(normal.stopService)])
@@ -102,8 +101,8 @@ def test_a_node_without_udp_registers_over_tls_and_pings_through_the_relay(tmp_p
 def test_a_pinned_fingerprint_is_enough(tmp_path, beacon, pki):
     pinned = node(tmp_path, beacon, "agent-p", udp_blocked=True, beacon_fingerprint=pki.fingerprint.upper())
     try:
-        assert (yield wait_until(lambda: pinned.beacon_client.registered, 10))
-        assert pinned.ctl_info()["beacon_transport"] == "tls"
+        assert (yield wait_until(lambda: pinned.link.registered, 10))
+        assert pinned.link.kind == "tls"
     finally:
         yield pinned.stopService()
 
@@ -119,11 +118,11 @@ def test_an_untrusted_certificate_is_refused_with_a_clear_error(tmp_path, beacon
     }[trust]
     refused = node(tmp_path, beacon, "agent-r", udp_blocked=True, **options)
     try:
-        assert (yield wait_until(lambda: refused.ctl_info()["beacon_error"], 8))
-        error = refused.ctl_info()["beacon_error"]
+        assert (yield wait_until(lambda: refused.link.status()["beacon_error"], 8))
+        error = refused.link.status()["beacon_error"]
         assert error["code"] == "beacon_untrusted", error
         assert ("pinned" in error["message"]) == (trust == "wrong-fingerprint"), error
-        assert not refused.beacon_client.registered
+        assert not refused.link.registered
         assert beacon.server.counters["rx_Register"] == 0
     finally:
         yield refused.stopService()
@@ -136,8 +135,8 @@ def test_a_certificate_for_another_address_is_refused(tmp_path):
     beacon.startService()
     refused = node(tmp_path, beacon, "agent-w", udp_blocked=True, beacon_ca=elsewhere.ca_file)
     try:
-        assert (yield wait_until(lambda: refused.ctl_info()["beacon_error"], 8))
-        error = refused.ctl_info()["beacon_error"]
+        assert (yield wait_until(lambda: refused.link.status()["beacon_error"], 8))
+        error = refused.link.status()["beacon_error"]
         assert error["code"] == "beacon_untrusted" and "does not name 127.0.0.1" in error["message"], error
     finally:
         yield refused.stopService()

@@ -49,7 +49,7 @@ def test_ping_needs_trust_and_then_moves_to_a_direct_path(pair):
         yield sleep(0.1)
     later = yield a.ping("agent-b", count=2, interval=0.1)
     assert all(r["path"] in DIRECT_KINDS for r in later["replies"]), later
-    [peer] = a.ctl_peers()["peers"]
+    [peer] = (yield a.peers())["peers"]
     assert peer["hostname"] == "agent-b" and peer["path"] in DIRECT_KINDS and peer["bytes_sent"] > 0
 
 
@@ -78,19 +78,17 @@ def test_tampered_and_replayed_packets_are_dropped_and_counted(pair):
             break
         yield sleep(0.05)
     held = []
-    original = a.protocol.send
+    original = a.udp.send
 
-    def hold_data_packets(data, destination):
+    def hold_data_packets(data, destination, ttl=None):
         # Keep A's data packets to B back, so the test decides what B sees.
-        if data[0] == 0xC4 and destination.port == b.local_endpoint.port:
+        if data[0] == 0xC4 and destination.port == b.udp.local_endpoint.port:
             held.append((data, destination))
         else:
-            original(data, destination)
+            original(data, destination, ttl)
 
-    a.protocol.send = hold_data_packets
-    a.sessions._send_datagram = hold_data_packets
-    for state in a.sessions.peers.values():
-        state.path._send_datagram = hold_data_packets
+    # Every layer sends through the one IDatagramSender it was wired with.
+    a.udp.send = hold_data_packets
     ping = a.ping("agent-b", count=1, timeout=3)
     yield sleep(0.1)
     assert held, "expected A to send B a direct data packet"
@@ -124,8 +122,10 @@ def test_revoke_tears_the_session_down_at_once(pair):
     a_key = a.identity.public_key
     b.sessions.endpoint.remove_peer(a_key)
     yield sleep(0.3)
-    a_direct = Endpoint("127.0.0.1", a.local_endpoint.port)
-    tunnel = b.sessions.endpoint.peer(a_key, send=lambda packet: b.protocol.send(packet, a_direct))
+    a_direct = Endpoint("127.0.0.1", a.udp.local_endpoint.port)
+    # Straight to A's socket: the beacon no longer relays between these two.
+    b.sessions.tunnel_send = lambda key, packet: b.udp.send(packet, a_direct)
+    tunnel = b.sessions.endpoint.peer(a_key)
     before = a.sessions.endpoint.stats["init_untrusted"]
     attempt = tunnel.connect()
     attempt.addErrback(lambda f: None)

@@ -1,7 +1,8 @@
 """
 Streams between two in-process nodes over real UDP on loopback: any Twisted
-protocol over pilot: endpoints, refused ports, many concurrent streams, a
-byte-exact bulk transfer, and HTTP through treq.
+protocol over pilot: endpoints (classes holding the node, and strings
+through the control socket), Twisted's failure conventions, refused ports,
+many concurrent streams, a byte-exact bulk transfer, and HTTP through treq.
 """
 
 import hashlib
@@ -9,14 +10,18 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, error, reactor
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
+from pilotproto.control.service import ControlService
+from pilotproto.endpoints import PilotClientEndpoint, PilotServerEndpoint
+from pilotproto.errors import NotFound
 from pilotproto.streams.errors import ConnectionRefused
+from pilotproto.streams.transport import PilotAddress
 
 from .inproc import make_node, start_beacon, stop_all, trust_each_other
 
@@ -53,24 +58,61 @@ class Collect(LineReceiver):
 @pytest_twisted.inlineCallbacks
 def test_any_protocol_runs_over_pilot_endpoint_strings(pair):
     a, b = pair
-    server = serverFromString(reactor, f"pilot:4242:home={b.home}")
-    listening = yield server.listen(Factory.forProtocol(Shout))
-    client = clientFromString(reactor, f"pilot:agent-b:4242:home={a.home}")
-    proto = yield client.connect(Factory.forProtocol(Collect))
-    assert proto.transport.getPeer().hostname == "agent-b"
-    proto.sendLine(b"hello")
-    proto.sendLine(b"again")
-    lines = yield proto.done
-    assert lines == [b"HELLO from 4242", b"AGAIN from 4242"]
+    # pilot: strings reach a node through its control socket, here in this very process.
+    services = [ControlService(a), ControlService(b)]
+    for service in services:
+        service.startService()
+    try:
+        server = serverFromString(reactor, f"pilot:4242:home={b.home}")
+        listening = yield server.listen(Factory.forProtocol(Shout))
+        assert listening.getHost() == PilotAddress("agent-b", str(b.address), 4242)
+        client = clientFromString(reactor, f"pilot:agent-b:4242:home={a.home}")
+        proto = yield client.connect(Factory.forProtocol(Collect))
+        assert proto.transport.getPeer() == PilotAddress("agent-b", str(b.address), 4242)
+        assert proto.transport.getHost().hostname == "agent-a"
+        assert proto.transport.getHost().address == str(a.address)
+        proto.sendLine(b"hello")
+        proto.sendLine(b"again")
+        lines = yield proto.done
+        assert lines == [b"HELLO from 4242", b"AGAIN from 4242"]
+        proto.transport.loseConnection()
+        yield listening.stopListening()
+    finally:
+        yield defer.gatherResults([service.stopService() for service in services])
+
+
+@pytest_twisted.inlineCallbacks
+def test_endpoints_holding_the_node(pair):
+    a, b = pair
+    listening = yield PilotServerEndpoint(b, 4243).listen(Factory.forProtocol(Shout))
+    assert listening.getHost() == PilotAddress("agent-b", str(b.address), 4243)
+    proto = yield PilotClientEndpoint(a, "agent-b", 4243).connect(Factory.forProtocol(Collect))
+    assert proto.transport.getPeer() == PilotAddress("agent-b", str(b.address), 4243)
+    proto.sendLine(b"one")
+    proto.sendLine(b"two")
+    assert (yield proto.done) == [b"ONE from 4243", b"TWO from 4243"]
     proto.transport.loseConnection()
+    with pytest.raises(error.CannotListenError):
+        yield PilotServerEndpoint(b, 4243).listen(Factory.forProtocol(Shout))
     yield listening.stopListening()
 
 
 @pytest_twisted.inlineCallbacks
 def test_nobody_listening_is_connection_refused(pair):
     a, _ = pair
-    with pytest.raises(ConnectionRefused):
+    with pytest.raises(ConnectionRefused) as caught:
         yield a.dial("agent-b", 5555, Factory.forProtocol(Protocol))
+    assert isinstance(caught.value, error.ConnectionRefusedError)
+    with pytest.raises(error.ConnectionRefusedError):
+        yield PilotClientEndpoint(a, "agent-b", 5555).connect(Factory.forProtocol(Protocol))
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_unknown_peer_is_a_dns_lookup_error(pair):
+    a, _ = pair
+    with pytest.raises(error.DNSLookupError) as caught:
+        yield PilotClientEndpoint(a, "nobody-here", 80).connect(Factory.forProtocol(Protocol))
+    assert isinstance(caught.value, NotFound) and isinstance(caught.value, error.ConnectError)
 
 
 class Gather(Protocol):

@@ -2,13 +2,13 @@
 Streams through two real daemons (separate processes), driven by pilotctl:
 connect to echo, messages and files on port 1001, bench, refused ports, and
 ``twistd web --listen pilot:80`` in a third process fetched from the other
-node through the HTTP agent.
+node through the HTTP agent: it exits with the reason when it cannot
+listen, and listens again when its daemon restarts.
 """
 
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import time
 
@@ -174,6 +174,62 @@ def test_twistd_web_in_another_process(pair, tmp_path):
     assert "Traceback" not in text, text[-3000:]
 
 
+def start_web(home, tmp_path, port=80, name="web"):
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "index.html").write_text("<h1>served over pilot</h1>")
+    env = environment()
+    env["PILOT_HOME"] = home
+    log = tmp_path / f"{name}.log"
+    web = subprocess.Popen(
+        TWISTD + ["-n", "--pidfile=", "--logfile", str(log), "web", "--listen", f"pilot:{port}", "--path", str(site)],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(tmp_path),
+    )
+    return web, log
+
+
+def fetch(home, url):
+    return subprocess.run(
+        [*PILOTCTL[:1], "-c", FETCH, home, url], capture_output=True, text=True, env=environment(), timeout=60,
+    )
+
+
+def test_twistd_web_exits_when_the_port_is_taken(pair, tmp_path):
+    _, b = pair
+    started = time.monotonic()
+    web, log = start_web(b, tmp_path, port=7)  # the daemon's own echo port
+    try:
+        web.wait(20)
+    finally:
+        if web.poll() is None:
+            web.kill()
+    assert web.returncode != 0 and time.monotonic() - started < 20
+    text = log.read_text() + web.stdout.read().decode()
+    web.stdout.close()
+    assert "something already listens on port 7" in text, text[-3000:]
+
+
+def test_twistd_web_listens_again_after_the_daemon_restarts(pair, daemons, tmp_path):
+    a, b = pair
+    web, log = start_web(b, tmp_path)
+    try:
+        first = fetch(a, "http://agent-b/index.html")
+        assert first.returncode == 0, (first.stdout, first.stderr, log.read_text())
+        assert pilotctl(b, "daemon", "stop")[0] == 0
+        assert wait_for(lambda: "lost the pilot daemon" in log.read_text(), 10)
+        code, doc = pilotctl(b, "daemon", "start", "--hostname", "agent-b", "--beacon", daemons.beacon.address)
+        assert code == 0, doc
+        assert wait_for(lambda: "listening again on pilot port 80" in log.read_text(), 30), log.read_text()[-3000:]
+        again = fetch(a, "http://agent-b/index.html")
+        assert again.returncode == 0, (again.stdout, again.stderr, log.read_text()[-3000:])
+        assert again.stdout.strip() == "200 <h1>served over pilot</h1>"
+    finally:
+        web.terminate()
+        web.wait(10)
+        web.stdout.close()
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
 # A fetch in its own process, through the daemon at argv[1]; retried while
 # the web server is still starting (its port is refused until it listens).
 FETCH = r"""
@@ -182,23 +238,9 @@ from twisted.internet import task, defer
 from twisted.web.client import readBody
 
 def agent_for(reactor, home):
-    from pilotproto.control.streams import DaemonNode
-    node = DaemonNode(reactor, home)
-    try:
-        from pilotproto.http import pilot_agent
-    except ImportError:
-        from twisted.web.client import Agent
-        from twisted.web.iweb import IAgentEndpointFactory
-        from zope.interface import implementer
-        from pilotproto.endpoints import PilotClientEndpoint
+    from pilotproto.http import pilot_agent
 
-        @implementer(IAgentEndpointFactory)
-        class Endpoints:
-            def endpointForURI(self, uri):
-                return PilotClientEndpoint(node, uri.host.decode(), uri.port)
-
-        return Agent.usingEndpointFactory(reactor, Endpoints())
-    return pilot_agent(reactor, node)
+    return pilot_agent(reactor, home=home)
 
 async def main(reactor, home, url):
     agent = agent_for(reactor, home)

@@ -1,0 +1,306 @@
+"""
+:class:`BeaconLink`: the node's one worker for its beacon, a child service.
+
+It makes the parts of the rendezvous and is the object they report to, as
+magic-wormhole's boss is for its workers::
+
+    BeaconLink  (IRendezvous, IPeerDirectory, IRelay)
+      |-- BeaconClient     the registration machine            registration.py
+      |-- SignedRequests   lookups and trust mail, retried     requests.py (handed to TrustManager)
+      |-- BeaconTransport  UDP, or TLS when UDP is blocked     transport.py
+      '-- BeaconTLSLink    the TLS connection (ClientService)  tls.py
+
+Starting resolves the beacon's name (unless it is an IP address), tells the
+observer (NAT discovery) where the beacon is, and starts registering and
+watching the transport.  Stopping unregisters, closes the TLS link and
+fires once it has closed.
+
+What comes in: the node's datagram router hands over every beacon message
+(:meth:`beacon_message_received`) with its source.  Only the beacon's UDP
+endpoint and the TLS link count; a message by UDP first tells the
+transport chooser that UDP works, then goes to the signed requests, the
+registration machine, and the mail reader (trust), the first that claims
+it.  Datagrams off the TLS link go to the router as ``BeaconStream()``,
+so they are sorted exactly like those from the socket.
+
+What goes out: :meth:`send_to_beacon` uses the TLS link when that is the
+transport and it is up, else UDP (a beacon that was only restarting
+answers there first).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import ipaddress
+import random
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..common.ids import new_request_id
+from ..common.names import check_hostname
+from ..common.wiring import check_provides
+from ..errors import InvalidArgument, NotFound, PilotError, Unavailable
+from ..identity import Address
+from ..interfaces import (
+    IBeaconMail,
+    IBeaconObserver,
+    IDatagramRouter,
+    IDatagramSender,
+    IPeerDirectory,
+    IRelay,
+    IRendezvous,
+)
+from ..wire import Endpoint, relay
+from ..wire import beacon as msgs
+from ..wire.sources import BeaconStream, Direct
+from .interfaces import IBeaconChannel, IRegistrationWatcher, ITLSLinkListener
+from .registration import BeaconClient, SeqCounter
+from .requests import SignedRequests
+from .tls import BeaconTLSLink
+from .transport import TLS, UDP, BeaconTransport
+
+#: beacon messages that report the endpoint our datagrams arrive from
+_REPORTS_OBSERVED = (msgs.Challenge, msgs.Registered, msgs.KeepaliveAck)
+
+
+@implementer(IRendezvous, IPeerDirectory, IRelay, IBeaconChannel, IRegistrationWatcher, ITLSLinkListener)
+class BeaconLink(service.Service):
+    """Registration, transport and requests for the beacon at ``beacon`` (host, port).
+
+    ``tls`` (host, port) enables the TCP/TLS fallback (checked against
+    ``ca_file`` or the pinned ``fingerprint``); ``udp`` is the node's socket
+    (:class:`IDatagramSender`).  ``rng`` jitters timers, ``ids`` makes request ids.
+    Call :meth:`wire` before starting.
+    """
+
+    name = "beacon"
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor,
+        identity,
+        *,
+        hostname: str,
+        public: bool,
+        beacon: tuple[str, int],
+        tls: tuple[str, int] | None,
+        ca_file: str | None = None,
+        fingerprint: bytes | None = None,
+        udp,
+        rng=None,
+        ids=new_request_id,
+    ):
+        self._reactor = reactor
+        self._identity = identity
+        self._udp = check_provides(udp, IDatagramSender, "BeaconLink udp")
+        self._beacon = beacon
+        rng = rng if rng is not None else random.Random()
+        #: the beacon's UDP endpoint, once its name is resolved
+        self.beacon_endpoint: Endpoint | None = None
+        self.counters: collections.Counter = collections.Counter()
+        self.seq = SeqCounter(reactor)
+        self.registration = BeaconClient(reactor, identity, self, hostname, watcher=self, public=public, seq=self.seq, rng=rng, ids=ids)
+        #: signed requests, retried (the trust manager sends through these too)
+        self.requests = SignedRequests(reactor, identity, self, self.seq, ids=ids)
+        self.tls: BeaconTLSLink | None = None
+        self.transport: BeaconTransport | None = None
+        if tls is not None:
+            host, port = tls
+            self.tls = BeaconTLSLink(
+                reactor, host, port, listener=self, ca_file=ca_file, fingerprint=fingerprint, rng=rng, counters=self.counters
+            )
+            self.transport = BeaconTransport(reactor, registration=self.registration, channel=self, link=self.tls, rng=rng, ids=ids)
+        self._router = self._mail = self._observer = None
+        self._relay_key: bytes | None = None
+        # Relay counters start at the clock, like seq, so they keep growing across restarts.
+        self._relay_counter = int(reactor.seconds() * 1e9)
+        self._waiters: list[defer.Deferred] = []
+        self._resolve_error: dict | None = None
+
+    def wire(self, *, router, mail, observer) -> None:
+        """``router`` sorts datagrams off the TLS link, ``mail`` reads what the
+        beacon pushes (trust), ``observer`` hears where the beacon is and sees us."""
+        self._router = check_provides(router, IDatagramRouter, "BeaconLink router")
+        self._mail = check_provides(mail, IBeaconMail, "BeaconLink mail")
+        self._observer = check_provides(observer, IBeaconObserver, "BeaconLink observer")
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def startService(self):
+        if self._mail is None:
+            raise RuntimeError("BeaconLink.wire() must be called before the link starts")
+        super().startService()
+        self._resolve().addCallbacks(self._resolved, self._not_resolved)
+
+    def _resolve(self) -> defer.Deferred:
+        host, port = self._beacon
+        try:
+            ipaddress.ip_address(host)
+            return defer.succeed(Endpoint(host, port))
+        except ValueError:
+            pass
+        return defer.maybeDeferred(self._reactor.resolve, host).addCallback(lambda ip: Endpoint(ip, port))
+
+    def _resolved(self, endpoint: Endpoint) -> None:
+        if not self.running:
+            return
+        self.beacon_endpoint = endpoint
+        self._resolve_error = None
+        self._observer.beacon_resolved(endpoint)
+        self.registration.start()
+        if self.transport is not None:
+            self.transport.start()
+
+    def _not_resolved(self, failure) -> None:
+        host = self._beacon[0]
+        message = f"cannot resolve the beacon's name {host}: {failure.getErrorMessage()}"
+        self._resolve_error = {"code": Unavailable.code, "message": message}
+        self.log.error("{message}", message=message)
+
+    def stopService(self) -> defer.Deferred:
+        """Unregister and stop; fires once the TLS link (if any) has closed."""
+        super().stopService()
+        self.registration.stop()
+        closed = defer.succeed(None)
+        if self.transport is not None:
+            self.transport.stop()
+            closed = self.tls.stop()
+        self.requests.stop()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(Unavailable("the node stopped before it registered"))
+        return closed
+
+    # -- what the node asks --------------------------------------------------------------
+
+    @property
+    def kind(self) -> str:
+        """How the node talks to the beacon now: ``"udp"`` or ``"tls"``."""
+        return self.transport.kind if self.transport is not None else UDP
+
+    @property
+    def registered(self) -> bool:
+        return self.registration.registered
+
+    @property
+    def reflexive_endpoint(self) -> Endpoint | None:
+        """Where the beacon sees our UDP datagrams come from; None over TLS
+        (the beacon then sees our TCP address, which no peer can use)."""
+        return self.registration.observed if self.kind == UDP else None
+
+    def status(self) -> dict:
+        """``beacon_transport``, ``registered`` and ``beacon_error`` for ``info``."""
+        transport_error = self.transport.last_error if self.transport is not None else None
+        return {
+            "beacon_transport": self.kind,
+            "registered": self.registered,
+            "beacon_error": self.registration.last_error or transport_error or self._resolve_error,
+        }
+
+    def when_registered(self) -> defer.Deferred:
+        """Fires with our public endpoint once we are registered; Unavailable if stopped first."""
+        if self.registration.registered:
+            return defer.succeed(self.registration.observed)
+
+        def forget(d):
+            if d in self._waiters:
+                self._waiters.remove(d)
+
+        waiter = defer.Deferred(forget)
+        self._waiters.append(waiter)
+        return waiter
+
+    # -- IPeerDirectory ---------------------------------------------------------------------
+
+    def lookup(self, target: str) -> defer.Deferred:
+        """Ask the beacon about a hostname or an address (``0:XXXX.XXXX.XXXX``)."""
+        if not isinstance(target, str) or not target:
+            raise InvalidArgument("lookup needs a hostname or an address")
+        if Address.looks_like(target):
+            request = msgs.Lookup(0, True, Address.parse(target).to_bytes())
+        else:
+            request = msgs.Lookup(0, False, check_hostname(target).encode())
+
+        def describe(result: msgs.LookupResult) -> dict:
+            return {
+                "hostname": result.hostname,
+                "address": str(Address.from_bytes(result.address)),
+                "public_key": base64.b64encode(result.public_key).decode(),
+                "endpoints": [str(e) for e in result.endpoints],
+                "public": bool(result.flags & msgs.FLAG_PUBLIC),
+            }
+
+        def not_found(failure):
+            failure.trap(NotFound)
+            raise NotFound(f"no node {target!r} is visible to this node", hint=NotFound.hint)
+
+        return self.requests.ask(request).addCallbacks(describe, not_found)
+
+    # -- IRelay --------------------------------------------------------------------------
+
+    def send_relay(self, destination: bytes, payload: bytes) -> None:
+        """Send a tunnel packet to the node at ``destination`` through the beacon."""
+        if self._relay_key is None or self.beacon_endpoint is None:
+            self.counters["relay_unavailable"] += 1
+            return
+        self._relay_counter += 1
+        frame = relay.seal_to_beacon(self._relay_key, self._identity.address.to_bytes(), destination, self._relay_counter, payload)
+        self.send_to_beacon(frame)
+
+    def relay_kind(self) -> str:
+        return "relay-tcp" if self.kind == TLS else "relay"
+
+    # -- IRendezvous: what the router hands over --------------------------------------------
+
+    def is_beacon(self, source) -> bool:
+        if isinstance(source, BeaconStream):
+            return True
+        return isinstance(source, Direct) and self.beacon_endpoint is not None and source.endpoint == self.beacon_endpoint
+
+    def beacon_message_received(self, msg, source) -> bool:
+        if not self.is_beacon(source):
+            return False
+        if isinstance(source, Direct) and self.transport is not None and self.transport.udp_message_received(msg):
+            return True
+        handled = self.requests.message_received(msg) or self.registration.message_received(msg) or self._mail.message_received(msg)
+        if handled and isinstance(msg, _REPORTS_OBSERVED):
+            self._observer.public_endpoint_seen(self.reflexive_endpoint)
+        return handled
+
+    # -- IBeaconChannel: what the parts send ------------------------------------------------
+
+    def send_to_beacon(self, data: bytes) -> None:
+        if self.kind == TLS and self.tls.send(data):
+            return
+        # UDP, or TLS that is not up (yet): try UDP rather than nothing; a
+        # beacon that was merely restarting answers there first.
+        self.send_by_udp(data)
+
+    def send_by_udp(self, data: bytes) -> None:
+        if self.beacon_endpoint is not None:
+            self._udp.send(data, self.beacon_endpoint)
+
+    # -- IRegistrationWatcher, ITLSLinkListener: what the parts report ----------------------
+
+    def beacon_registered(self, observed: Endpoint) -> None:
+        beacon_key = self.registration.beacon_key
+        try:
+            self._relay_key = relay.relay_key(self._identity.x25519_private(), beacon_key, self._identity.public_key, beacon_key)
+        except PilotError:
+            self.log.error("the beacon sent an unusable relay key; relaying is off")
+            self._relay_key = None
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(observed)
+        self._mail.registered()
+
+    def tls_link_up(self) -> None:
+        self.registration.transport_changed()
+
+    def tls_datagram_received(self, data: bytes) -> None:
+        self._router.datagram_received(data, BeaconStream())

@@ -1,0 +1,129 @@
+"""
+What the next packet carries, and in what order.
+
+The connection decides *when* a packet may leave (congestion window, pacer,
+probes, acknowledgements owed) and numbers it; this decides *what* goes in:
+first the connection's MAX_DATA, then each stream's owed control frames
+(RESET_STREAM, STOP_SENDING, MAX_STREAM_DATA), then waiting datagrams, then
+stream data, one frame per stream in turn (round robin), so one busy stream
+cannot starve the others.  Control frames come first because they are small
+and unblock the peer.  A stream with data but no connection credit waits
+aside until a MAX_DATA arrives.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+
+from . import frames, receiving
+from .flow import ReceiveWindow, SendCredit
+from .stream import K_MAX_DATA, K_MAX_STREAM_DATA, K_RESET, K_STOP, Stream
+
+_CONTROL_ROOM = 32  # the largest control frame, with margin
+
+
+class FrameScheduler:
+    def __init__(self, window: ReceiveWindow, peer_credit: SendCredit, stats: Counter, datagram_queue: int,
+                 max_data_due: bool):
+        #: the connection's receive window, advertised in MAX_DATA
+        self._window = window
+        #: the connection credit the peer granted us
+        self._credit = peer_credit
+        self._stats = stats
+        self._datagram_queue = datagram_queue
+        #: a MAX_DATA is owed
+        self.max_data_due = max_data_due
+        # Dicts as ordered sets: insertion order is the round robin.
+        self._ready: dict[Stream, None] = {}
+        self._control: dict[Stream, None] = {}
+        self._blocked: dict[Stream, None] = {}
+        self._datagrams: deque = deque()
+
+    def has_work(self) -> bool:
+        return bool(self._ready or self._control or self._datagrams or self.max_data_due)
+
+    def stream_ready(self, stream: Stream) -> None:
+        """``stream`` may have STREAM frames to send."""
+        self._ready[stream] = None
+
+    def stream_control(self, stream: Stream) -> None:
+        """``stream`` may owe control frames."""
+        self._control[stream] = None
+
+    def forget(self, stream: Stream) -> None:
+        """``stream`` is finished; it keeps its place only for a RESET_STREAM or STOP_SENDING still owed."""
+        self._ready.pop(stream, None)
+        self._blocked.pop(stream, None)
+        if not (stream.reset_due or stream.stop_due):
+            self._control.pop(stream, None)
+
+    def unblock(self) -> None:
+        """The peer raised the connection credit: streams that waited for it may send."""
+        self._ready.update(self._blocked)
+        self._blocked.clear()
+
+    def add_datagram(self, frame: bytes) -> None:
+        """Queue an encoded DATAGRAM frame; the oldest is dropped when too many wait."""
+        if len(self._datagrams) >= self._datagram_queue:
+            self._datagrams.popleft()
+            self._stats["datagrams_dropped"] += 1
+        self._datagrams.append(frame)
+
+    def fill(self, parts: list, items: list, room: int) -> bool:
+        """Append frames to ``parts`` within ``room`` bytes, and what they carry to ``items``.
+
+        True when anything ack-eliciting went in (a frame with an item, or a datagram).
+        """
+        carried = len(items)
+        if self.max_data_due and room >= _CONTROL_ROOM:
+            self.max_data_due = False
+            parts.append(frames.encode_frame(frames.MaxData(self._window.advertise())))
+            items.append((K_MAX_DATA,))
+            room -= 9
+        control = self._control
+        while control and room >= _CONTROL_ROOM:
+            stream = next(iter(control))
+            del control[stream]
+            if stream.reset_due:
+                stream.reset_due = False
+                frame = frames.ResetStream(stream.id, stream.reset_code, stream.sent_offset)
+                parts.append(frames.encode_frame(frame))
+                items.append((K_RESET, stream))
+                room -= 15
+            if stream.stop_due:
+                stream.stop_due = False
+                parts.append(frames.encode_frame(frames.StopSending(stream.id, stream.stop_code)))
+                items.append((K_STOP, stream))
+                room -= 7
+            if stream.max_data_due and stream.receiving in receiving.READING:
+                stream.max_data_due = False
+                parts.append(frames.encode_frame(frames.MaxStreamData(stream.id, stream.window.advertise())))
+                items.append((K_MAX_STREAM_DATA, stream))
+                room -= 13
+        datagram_sent = False
+        datagrams = self._datagrams
+        while datagrams and len(datagrams[0]) <= room:
+            frame = datagrams.popleft()
+            parts.append(frame)
+            room -= len(frame)
+            datagram_sent = True
+            self._stats["datagrams_sent"] += 1
+        ready = self._ready
+        credit = self._credit
+        while ready and room > frames.STREAM_PORT_OVERHEAD:
+            stream = next(iter(ready))
+            del ready[stream]
+            if not stream.has_frames():
+                continue
+            result = stream.next_frame(room, credit.limit - credit.used)
+            if result is None:
+                self._blocked[stream] = None  # waits for MAX_DATA
+                continue
+            frame, item, new = result
+            parts.append(frame)
+            items.append(item)
+            room -= len(frame)
+            credit.used += new
+            if stream.has_frames():
+                ready[stream] = None  # round robin
+        return len(items) > carried or datagram_sent

@@ -1,0 +1,69 @@
+"""
+The node's one datagram classifier: what a datagram on the node's socket is.
+
+Everything a node receives arrives on one UDP socket (and, when UDP to the
+beacon is blocked, as frames on the TLS link to the beacon).  The first byte
+says what a datagram is (see :mod:`pilotproto.wire`); :func:`classify`
+decodes as much as its owner needs and returns one typed value, so the node
+dispatches on the type through a table, and no layer looks at first bytes.
+
+Pure: no I/O.  Anything it cannot place raises :class:`DecodeError`.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from . import KIND_TUNNEL_DATA, KIND_TUNNEL_INIT, is_stun
+from . import beacon as msgs
+from . import relay
+from .codec import DecodeError
+
+
+@attrs.frozen
+class BeaconMessage:
+    """A control message from the beacon (answers, challenges, pushed mail)."""
+
+    message: object
+
+
+@attrs.frozen
+class RelayedPacket:
+    """A tunnel packet the beacon relayed from the node at ``sender``."""
+
+    sender: bytes
+    payload: bytes
+
+
+@attrs.frozen
+class StunMessage:
+    """A STUN datagram (an answer to NAT discovery), left encoded for its owner."""
+
+    data: bytes
+
+
+@attrs.frozen
+class TunnelPacket:
+    """A tunnel packet straight from a peer, left encoded for the tunnel layer."""
+
+    data: bytes
+
+
+Datagram = BeaconMessage | RelayedPacket | StunMessage | TunnelPacket
+
+
+def classify(data: bytes) -> Datagram:
+    """The typed value ``data`` is; DecodeError if it is none of ours."""
+    if not data:
+        raise DecodeError("empty datagram")
+    first = data[0]
+    if first == msgs.KIND:
+        return BeaconMessage(msgs.decode(data))
+    if first == relay.KIND_FROM_BEACON:
+        frame = relay.decode_from_beacon(data)
+        return RelayedPacket(frame.sender, frame.payload)
+    if is_stun(data):
+        return StunMessage(bytes(data))
+    if KIND_TUNNEL_INIT <= first <= KIND_TUNNEL_DATA:
+        return TunnelPacket(bytes(data))
+    raise DecodeError(f"unknown datagram kind 0x{first:02x}")
