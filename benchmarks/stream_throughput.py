@@ -83,19 +83,22 @@ def pilot_worker(args) -> None:
     from twisted.protocols.basic import LineReceiver
     from zope.interface import implementer
 
+    from pilotproto.control.service import ControlService
     from pilotproto.node.service import PilotNode
 
     if args.controller == "newreno":
         # For an A/B comparison only: the node builds its StreamConnection with the default controller.
         import functools
 
-        from pilotproto.node import sessions
+        from pilotproto.session import peer
         from pilotproto.streams import NewReno, StreamConnection
 
-        sessions.StreamConnection = functools.partial(StreamConnection, congestion_control=NewReno)
+        peer.StreamConnection = functools.partial(StreamConnection, congestion_control=NewReno)
     node = PilotNode(
         home=args.home, hostname=args.hostname, beacon=args.beacon, beacon_ca=args.beacon_ca, reactor=reactor
     )
+    # The driver sets up trust with the operator's commands, through the control socket.
+    ControlService(node).setServiceParent(node)
 
     @implementer(IHalfCloseableProtocol)
     class Sink(Protocol):
