@@ -12,7 +12,7 @@ import collections
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
 from pilotproto.interfaces import IDatagramSender, ITrustPolicy
@@ -689,3 +689,19 @@ class RecordingRequests:
             on_error(error)
         else:
             on_give_up()
+
+
+class HalfCloseTransport(StringTransport):
+    """A StringTransport that also records half-closes and aborts."""
+
+    def __init__(self):
+        super().__init__()
+        self.write_closed = False
+        self.aborted = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+    def abortConnection(self):
+        self.aborted = True
+        self.disconnecting = True

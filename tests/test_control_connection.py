@@ -7,7 +7,6 @@ import json
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.testing import StringTransport
 
 from pilotproto.control import connection
 from pilotproto.control.connection import State
@@ -15,21 +14,7 @@ from pilotproto.control.server import Command, ControlServerFactory, Upgrade
 from pilotproto.errors import NotFound
 from pilotproto.streams.errors import ConnectionRefused
 
-
-class HalfCloseTransport(StringTransport):
-    """A StringTransport that also records half-closes and aborts."""
-
-    def __init__(self):
-        super().__init__()
-        self.write_closed = False
-        self.aborted = False
-
-    def loseWriteConnection(self):
-        self.write_closed = True
-
-    def abortConnection(self):
-        self.aborted = True
-        self.disconnecting = True
+from helpers import HalfCloseTransport
 
 
 class RecordingPipe:

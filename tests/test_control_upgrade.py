@@ -5,27 +5,12 @@ import json
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 
 from pilotproto.control.upgrade import ACCEPT_TIMEOUT, StreamCommands, StreamEnd
 from pilotproto.errors import AlreadyRunning, InvalidArgument, NotFound
 from pilotproto.streams.transport import PilotAddress
 
-
-class HalfCloseTransport(StringTransport):
-    """A StringTransport that also records half-closes and aborts."""
-
-    def __init__(self):
-        super().__init__()
-        self.write_closed = False
-        self.aborted = False
-
-    def loseWriteConnection(self):
-        self.write_closed = True
-
-    def abortConnection(self):
-        self.aborted = True
-        self.disconnecting = True
+from helpers import HalfCloseTransport
 
 
 # -- StreamEnd: the splice --------------------------------------------------------------
