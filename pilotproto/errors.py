@@ -121,6 +121,18 @@ class Refused(PilotError):
     code = "refused"
 
 
+class RateLimited(PilotError):
+    """Too many requests: the beacon asks you to slow down."""
+
+    code = "rate_limited"
+    hint = "Wait and try again; the node does so by itself."
+
+    def __init__(self, message: str | None = None, hint: str | None = None, retry_after: float = 0):
+        super().__init__(message, hint)
+        #: seconds until trying again may succeed (0: not said)
+        self.retry_after = retry_after
+
+
 class StateError(PilotError):
     """The node's home holds a file that cannot be used."""
 

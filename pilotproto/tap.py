@@ -3,17 +3,23 @@
 
     twistd -n pilot beacon --port 9000 [--alt-port 9001] [--interface IP]
                           [--tls-port 443 --tls-cert FILE --tls-key FILE]
-    twistd -n pilot node --hostname NAME --beacon HOST:PORT [--public] [--home DIR]
+    twistd -n pilot node --hostname NAME --beacon HOST:PORT [--public|--private] [--home DIR]
                          [--beacon-tls HOST:PORT] [--beacon-ca FILE] [--beacon-fingerprint SHA256]
 """
 
 from __future__ import annotations
 
+import errno
+import re
+import sys
+
 from twisted.application import service
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from .common.names import check_udp_port
-from .errors import PilotError
+from .errors import InvalidArgument, PermissionDenied, PilotError
+from .node.udp import PortInUse
 
 
 def _port(value: str) -> int:
@@ -21,6 +27,12 @@ def _port(value: str) -> int:
         return check_udp_port(value)
     except PilotError as e:
         raise usage.UsageError(e.message) from None
+
+
+def _beacon_limit_options() -> list:
+    from .beacon.limits import OPTIONS
+
+    return [list(option) for option in OPTIONS]
 
 
 class BeaconOptions(usage.Options):
@@ -34,11 +46,20 @@ class BeaconOptions(usage.Options):
         ["tls-port", None, None, "Also listen on this TCP port with TLS, for nodes whose UDP is blocked.", _port],
         ["tls-cert", None, None, "PEM certificate (chain) for --tls-port."],
         ["tls-key", None, None, "PEM private key for --tls-port."],
-    ]
+        ["state-dir", None, None, "Keep names, visibility lists and mail here (SQLite), so that a restart loses none (default: memory only)."],
+    ] + _beacon_limit_options()
 
     def postOptions(self):
         if self["tls-port"] is not None and not (self["tls-cert"] and self["tls-key"]):
             raise usage.UsageError("--tls-port needs --tls-cert FILE and --tls-key FILE")
+        # The same checks BeaconService makes, here so that twistd reports
+        # them as usage (from makeService they would be a traceback).
+        from .beacon.service import _check_alternates
+
+        try:
+            _check_alternates(self["interface"], self["port"], self["alt-port"], self["alt-address"])
+        except PilotError as e:
+            raise usage.UsageError(_message(e)) from None
 
 
 class NodeOptions(usage.Options):
@@ -46,7 +67,9 @@ class NodeOptions(usage.Options):
     longdesc = "Run a pilot node (the daemon behind pilotctl)."
     optFlags = [
         ["public", None, "Let any node look this one up (connecting still needs trust)."],
+        ["private", None, "Only trusted nodes can look this one up (overrides a saved --public)."],
         ["auto-approve", None, "Approve every incoming handshake request at once."],
+        ["no-auto-approve", None, "Wait for 'pilotctl approve' (overrides a saved --auto-approve)."],
     ]
     optParameters = [
         ["home", None, None, "The node's home directory (default $PILOT_HOME or ~/.pilot)."],
@@ -61,12 +84,16 @@ class NodeOptions(usage.Options):
     def postOptions(self):
         # Checked here, not in makeService: twistd reports a UsageError from
         # option parsing as usage, and one from makeService as a traceback.
+        from .identity import check_not_orphaned
         from .node.config import NodeConfig, resolve_home
 
+        home = resolve_home(self["home"])
         try:
-            saved = NodeConfig.load(resolve_home(self["home"]))
+            # A home whose key is gone stops here, before anything makes a new one.
+            check_not_orphaned(home)
+            saved = NodeConfig.load(home)
         except PilotError as e:
-            raise usage.UsageError(_message(e)) from None
+            raise usage.UsageError(f"{_message(e)} [{e.code}]") from None
         if not (self["hostname"] or saved.hostname):
             raise usage.UsageError("the node needs a hostname: pass --hostname NAME (or run: pilotctl init --hostname NAME)")
         if not (self["beacon"] or saved.beacon):
@@ -89,11 +116,88 @@ def _message(e: PilotError) -> str:
     return f"{e.message} ({e.hint})" if e.hint else e.message
 
 
+def _either(sub, yes: str, no: str) -> bool | None:
+    """True, False, or None (as saved) from a pair of opposite flags."""
+    if sub[yes] and sub[no]:
+        raise usage.UsageError(f"--{yes} and --{no} contradict each other; give one")
+    return True if sub[yes] else False if sub[no] else None
+
+
+# -- a failed start is one line, not a traceback ------------------------------------
+#
+# twistd starts the services after it has parsed the options, so a port in
+# use (or a second daemon on one home) surfaces as an exception out of
+# twistd's run(), which Python prints as a traceback.  For the errors a
+# user causes, the hook below prints one line instead, in a form pilotctl
+# reads back from the daemon log (parse_start_error).  Bugs keep their
+# tracebacks.
+
+_START_ERROR = re.compile(r"twistd pilot (?:node|beacon): error \[(?P<code>[a-z_]+)\]: (?P<message>.*?)(?: \(hint: (?P<hint>.*)\))?$")
+
+
+def format_start_error(program: str, error: PilotError) -> str:
+    line = f"twistd pilot {program}: error [{error.code}]: {error.message}"
+    line = line + (f" (hint: {error.hint})" if error.hint else "")
+    return " ".join(line.split())  # one line, whatever the message held
+
+
+def parse_start_error(line: str) -> PilotError | None:
+    """The error a :func:`format_start_error` line carries (anywhere in ``line``), or None."""
+    found = _START_ERROR.search(line)
+    if found is None:
+        return None
+    return PilotError.from_dict(found.groupdict())
+
+
+def as_start_error(exception: BaseException) -> PilotError | None:
+    """The user-facing error behind a failed start, or None for a bug."""
+    if isinstance(exception, PilotError):
+        return exception
+    if isinstance(exception, usage.UsageError):
+        # makeService turns a PilotError into a UsageError ("raise ... from
+        # None" keeps it as the context): report the original, with its code and hint.
+        if isinstance(exception.__context__, PilotError):
+            return exception.__context__
+        return InvalidArgument(str(exception))
+    if isinstance(exception, CannotListenError):
+        where = f"{exception.interface or '0.0.0.0'}:{exception.port}"
+        cause = exception.socketError
+        if getattr(cause, "errno", None) == errno.EADDRINUSE:
+            return PortInUse(
+                f"cannot listen on {where}: another program uses that port",
+                hint="Stop the other program (another beacon or node?), or choose another port.",
+            )
+        if getattr(cause, "errno", None) == errno.EACCES:
+            return PermissionDenied(f"cannot listen on {where}: permission denied", hint="Ports below 1024 need root.")
+        return PilotError(f"cannot listen on {where}: {getattr(cause, 'strerror', None) or cause}")
+    return None
+
+
+def _report_start_errors_in_one_line(program: str) -> None:
+    previous = sys.excepthook
+    if getattr(previous, "pilot_program", None) is not None:
+        return
+
+    def hook(kind, value, traceback):
+        error = as_start_error(value)
+        if error is None:
+            return previous(kind, value, traceback)
+        sys.stderr.write(format_start_error(program, error) + "\n")
+        sys.stderr.flush()
+
+    hook.pilot_program = program
+    sys.excepthook = hook
+
+
 def makeService(options, reactor=None) -> service.IService:
     if reactor is None:
+        # Called by twistd (tests pass a reactor): errors a user causes from
+        # here on end the process with one line.
+        _report_start_errors_in_one_line(options.subCommand or "node")
         from twisted.internet import reactor
     sub = options.subOptions
     if options.subCommand == "beacon":
+        from .beacon.limits import limits_from_options
         from .beacon.service import BeaconService
 
         try:
@@ -106,6 +210,8 @@ def makeService(options, reactor=None) -> service.IService:
                 tls_port=sub["tls-port"],
                 tls_cert=sub["tls-cert"],
                 tls_key=sub["tls-key"],
+                state_dir=sub["state-dir"],
+                limits=limits_from_options(sub),
             )
         except PilotError as e:
             raise usage.UsageError(_message(e)) from None
@@ -117,8 +223,8 @@ def makeService(options, reactor=None) -> service.IService:
             home=sub["home"],
             hostname=sub["hostname"],
             beacon=sub["beacon"],
-            public=True if sub["public"] else None,
-            auto_approve=True if sub["auto-approve"] else None,
+            public=_either(sub, "public", "private"),
+            auto_approve=_either(sub, "auto-approve", "no-auto-approve"),
             port=sub["port"],
             beacon_tls=sub["beacon-tls"],
             beacon_ca=sub["beacon-ca"],

@@ -705,3 +705,102 @@ class HalfCloseTransport(StringTransport):
     def abortConnection(self):
         self.aborted = True
         self.disconnecting = True
+
+
+# -- a hand-driven beacon client (issue 9: the beacon against attackers) --------------------
+
+
+class SignedNode:
+    """Speaks to a sans-IO :class:`BeaconServer` datagram by datagram, as a node
+    (or an attacker with its own key) would: ``send`` returns the raw
+    ``(data, destination)`` replies, ``ask`` the decoded ones."""
+
+    def __init__(self, server, endpoint, hostname, identity=None, public=False):
+        from pilotproto.identity import Identity
+
+        self.server = server
+        self.endpoint = endpoint
+        self.hostname = hostname
+        self.public = public
+        self.identity = identity or Identity.generate()
+        self.seq = 1_000
+        self.relay_key = None
+        self.relay_counter = 0
+
+    @property
+    def key(self) -> bytes:
+        return self.identity.public_key
+
+    def signed(self, msg):
+        from pilotproto.wire import beacon as msgs
+
+        self.seq += 1
+        return msgs.sign(msg, self.identity, self.seq)
+
+    def send(self, msg, source=None) -> list:
+        from pilotproto.wire import beacon as msgs
+
+        data = msg if isinstance(msg, bytes) else msgs.encode(msg)
+        return list(self.server.datagram_received(data, source or self.endpoint))
+
+    def ask(self, msg, source=None) -> list:
+        from pilotproto.wire import beacon as msgs
+
+        return [msgs.decode(data) for data, _ in self.send(msg, source)]
+
+    def challenge(self, source=None):
+        from pilotproto.wire import beacon as msgs
+
+        [reply] = self.ask(msgs.Hello(1), source)
+        return reply
+
+    def register(self, lan_endpoints=(), source=None):
+        """The beacon's answer to a fresh Register (Registered, or an Error)."""
+        from pilotproto.wire import beacon as msgs
+        from pilotproto.wire import relay
+
+        challenge = self.challenge(source)
+        flags = msgs.FLAG_PUBLIC if self.public else 0
+        [reply] = self.ask(self.signed(msgs.Register(2, challenge.nonce, self.hostname, flags, tuple(lan_endpoints))), source)
+        if isinstance(reply, msgs.Registered):
+            key = challenge.beacon_key
+            self.relay_key = relay.relay_key(self.identity.x25519_private(), key, self.identity.public_key, key)
+            if source is not None:
+                self.endpoint = source
+        return reply
+
+    def release(self, hostname=None):
+        from pilotproto.wire import beacon as msgs
+
+        challenge = self.challenge()
+        [reply] = self.ask(self.signed(msgs.ReleaseName(3, challenge.nonce, hostname or self.hostname)))
+        return reply
+
+    def keepalive(self, source=None) -> list:
+        from pilotproto.wire import beacon as msgs
+
+        return self.ask(self.signed(msgs.Keepalive(4)), source)
+
+    def lookup(self, target):
+        from pilotproto.wire import beacon as msgs
+
+        [reply] = self.ask(self.signed(msgs.Lookup(5, False, target.encode())))
+        return reply
+
+    def set_visibility(self, keys, version):
+        from pilotproto.wire import beacon as msgs
+
+        return self.ask(self.signed(msgs.SetVisibility(6, version, 0, 1, tuple(keys))))
+
+    def handshake(self, target, reason="hi", handshake_id=7):
+        from pilotproto.wire import beacon as msgs
+
+        return self.ask(self.signed(msgs.HandshakeRequest(8, handshake_id, False, target.encode(), self.hostname, reason)))
+
+    def relay_frame(self, other, payload: bytes) -> bytes:
+        from pilotproto.wire import relay
+
+        self.relay_counter += 1
+        return relay.seal_to_beacon(
+            self.relay_key, self.identity.address.to_bytes(), other.identity.address.to_bytes(), self.relay_counter, payload
+        )

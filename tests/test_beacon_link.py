@@ -388,3 +388,55 @@ def test_without_udp_the_link_registers_over_tls_and_relays_there(world):
     stopped = a.link.stopService()
     world.run(0.1)
     assert result_of(stopped) is None and pipe.closed
+
+
+# -- issue 10: a beacon that cannot be resolved or reached is retried, and said so ------------
+
+
+def test_a_beacon_name_that_does_not_resolve_is_looked_up_again_with_backoff(world):
+    lookups = []
+    resolve = world.reactor.resolve
+    world.reactor.resolve = lambda name, *args: lookups.append(world.reactor.seconds()) or resolve(name, *args)
+    a = Node(world, "agent-a", 1, beacon=("late.example", 9000))
+    a.link.startService()
+    world.run(30)
+    # Backing off (about 1, 2, 4, 8, 16 s apart), not hammering, not giving up.
+    assert 4 <= len(lookups) <= 7, lookups
+    gaps = [b - a for a, b in zip(lookups, lookups[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] > 4 * gaps[0]
+    error = a.link.status()["beacon_error"]
+    assert error["code"] == "unavailable" and "late.example" in error["message"] and "--beacon" in error["hint"]
+    # The name appears (DNS back, a typo fixed in /etc/hosts): the node registers.
+    world.reactor.names["late.example"] = "127.0.0.1"
+    world.run(40)
+    assert a.link.registered and a.link.status()["beacon_error"] is None
+    stopped = len(lookups)
+    a.link.stopService()
+    world.run(120)
+    assert len(lookups) == stopped
+
+
+def test_the_tls_fallback_error_names_the_udp_and_tls_addresses_it_tried(world):
+    from twisted.internet.error import ConnectionRefusedError
+
+    a = Node(world, "agent-a", 1, tls=("127.0.0.1", 443), fingerprint=world.fingerprint)
+    a.udp_blocked = True
+    a.link.startService()
+    world.run(UDP_GIVE_UP + 1)
+    assert a.link.kind == "tls" and world.reactor.sslClients
+    connector_factory = world.reactor.sslClients[-1][2]
+    connector_factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    error = a.link.status()["beacon_error"]
+    assert "UDP at 127.0.0.1:9000" in error["message"], error
+    assert "TLS at 127.0.0.1:443" in error["message"] and "connection refused" in error["message"], error
+    assert "--beacon-tls" in error["hint"] and "port 443" in error["hint"], error
+    # An untrusted certificate keeps its own hint: how to trust it.
+    from pilotproto.rendezvous.tls import BeaconUntrusted
+
+    attempts = len(world.reactor.sslClients)
+    while len(world.reactor.sslClients) == attempts:  # the next attempt, after the retry delay
+        world.run(0.1)
+    world.reactor.sslClients[-1][2].clientConnectionFailed(None, Failure(BeaconUntrusted("the certificate is not trusted")))
+    error = a.link.status()["beacon_error"]
+    assert error["code"] == "beacon_untrusted" and "UDP at 127.0.0.1:9000" in error["message"]
+    assert "--beacon-ca" in error["hint"], error

@@ -131,15 +131,20 @@ def test_nonce_from_before_a_beacon_restart_is_refused(clock):
     assert reply.code == "stale_nonce"
 
 
-def test_live_name_cannot_be_taken_by_another_key(server, clock):
+def test_a_name_cannot_be_taken_by_another_key_until_its_hold_time_has_passed(server, clock):
     owner = Node(server, A_EP, "agent-a")
     thief = Node(server, B_EP, "agent-a")
     assert isinstance(owner.register()[0], msgs.Registered)
     [reply] = thief.register()
     assert isinstance(reply, msgs.Error) and reply.code == "name_taken"
     assert server.registry.find_by_name("agent-a").public_key == owner.identity.public_key
-    # Once the owner's registration has expired the name is free again.
+    # The owner's registration expires (it went offline): its name stays held.
     clock.advance(server.registry.ttl + 1)
+    assert server.registry.find_by_name("agent-a") is None
+    assert thief.register()[0].code == "name_taken"
+    # Days later, unseen all the while, it is free.
+    clock.advance(server.registry.hold)
+    server.expire()
     assert isinstance(thief.register()[0], msgs.Registered)
 
 

@@ -125,7 +125,7 @@ def run_json(*argv):
 )
 def test_global_options_before_or_after_the_command(home, argv):
     code, doc = run_json(*[a.format(home=home) for a in argv])
-    assert code == 1
+    assert code == 3  # no daemon: LSB's "program is not running"
     assert doc["status"] == "error" and doc["code"] == "not_running"
     assert home in doc["message"]
     assert set(doc) == {"status", "code", "message", "hint"}
@@ -145,7 +145,7 @@ def test_home_flag_beats_pilot_home(monkeypatch, home, tmp_path):
 
 def test_human_error_goes_to_stderr_with_hint(home):
     code, out, err = run("--home", home, "info")
-    assert code == 1
+    assert code == 3
     assert out == ""
     assert err.startswith("error: no pilot daemon is running")
     assert "\nhint: Start it with: pilotctl daemon start" in err
@@ -334,7 +334,7 @@ def test_lookup_rejects_a_bad_target_without_asking_the_daemon(home, fake_daemon
 def test_daemon_hanging_up_is_not_running(home, fake_daemon):
     fake_daemon({"info": lambda request: None})
     code, doc = run_json("--json", "--home", home, "info")
-    assert code == 1 and doc["code"] == "not_running"
+    assert code == 3 and doc["code"] == "not_running"
     assert "closed" in doc["message"]
 
 

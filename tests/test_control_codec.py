@@ -1,6 +1,7 @@
 """The control socket's codec: round trips, limits, and garbage that only ever raises the codec's errors."""
 
 import json
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -149,3 +150,47 @@ def test_line_splitter_reassembles_any_chunking(chunks):
     if len(data.split(b"\n")[-1]) >= limit:
         expected.append(LineSplitter.TOO_LONG)
     assert got == expected
+
+
+# -- hostile values: whatever decodes can be answered, and nothing else decodes ----------
+
+hostile_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.integers(), st.text(max_size=5), hostile_values), hostile_values)
+def test_a_request_that_decodes_holds_only_values_the_daemon_can_send_back(request_id, args):
+    # json.dumps writes NaN, Infinity, huge integers and lone surrogates (as
+    # \ud800 escapes): exactly what a hostile client may send.
+    line = json.dumps({"id": request_id, "cmd": "echo", "args": {"value": args}}).encode()
+    try:
+        request = decode_request(line)
+    except BadRequest as e:
+        assert decode_response(encode_error(e.request_id, e)[:-1]).error.code == "invalid_argument"
+        return
+    assert decode_response(encode_ok(request.id, request.args)[:-1]).data == request.args
+
+
+@pytest.mark.parametrize("digits", [20, 5000, 100_000])
+def test_huge_integers_are_refused_without_converting_them(digits):
+    started = time.perf_counter()
+    with pytest.raises(BadRequest, match="integer"):
+        decode_request(b'{"id": ' + b"7" * digits + b', "cmd": "info"}')
+    assert time.perf_counter() - started < 0.1
+
+
+def test_a_response_with_hostile_values_is_a_bad_response_on_the_client_too():
+    for line in (b'{"id": 1, "status": "ok", "data": {"x": NaN}}', b'{"id": 1, "status": "ok", "data": ' + b"[" * 40 + b"]" * 40 + b"}"):
+        with pytest.raises(BadResponse):
+            decode_response(line)
+
+
+def test_an_error_line_never_raises():
+    error = InvalidArgument("unexpected keyword '\ud800'", hint="\udfff")
+    line = encode_error("\ud800", error)
+    response = decode_response(line[:-1])
+    assert response.id is None and response.error.message == "unexpected keyword '?'" and response.error.hint == "?"

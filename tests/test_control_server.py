@@ -1,6 +1,7 @@
 """Reactor-free tests of the control protocol and its command table: StringTransport and fake commands."""
 
 import json
+import time
 
 import pytest
 from twisted.internet import defer
@@ -213,6 +214,62 @@ def test_malformed_lines_get_invalid_argument_and_connection_stays_open(line, ex
     assert got[0]["id"] == expected_id
     assert got[1]["id"] == 99 and got[1]["status"] == "ok"
     assert not transport.disconnecting
+
+
+HOSTILE_LINES = {
+    "5000-digit id": b'{"id": ' + b"9" * 5000 + b', "cmd": "info"}',
+    "20-digit id": b'{"id": ' + b"9" * 20 + b', "cmd": "info"}',
+    "4000-digit argument": b'{"id": 1, "cmd": "echo", "args": {"text": "a", "repeat": ' + b"9" * 4000 + b"}}",
+    "30,000 nested arrays": b'{"id": 1, "cmd": "info", "args": {"a": ' + b"[" * 30000 + b"]" * 30000 + b"}}",
+    "arrays nested past the limit": b'{"id": 1, "cmd": "echo", "args": {"text": ' + b"[" * 40 + b"]" * 40 + b"}}",
+    "objects nested past the limit": b'{"id": 1, "cmd": "echo", "args": {"text": ' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"}}",
+    "float overflowing to infinity": b'{"id": 1, "cmd": "echo", "args": {"text": "a", "repeat": 1e999}}',
+    "NaN": b'{"id": 1, "cmd": "echo", "args": {"text": NaN}}',
+    "-Infinity": b'{"id": -Infinity, "cmd": "info"}',
+    "invalid UTF-8": b'{"id": 1, "cmd": "info", "args": {"x": "\xc3\x28"}}',
+    "lone surrogate id": b'{"id": "\\ud800", "cmd": "info"}',
+    "lone surrogate command": b'{"id": 1, "cmd": "\\udfff"}',
+    "lone surrogate argument name": b'{"id": 1, "cmd": "echo", "args": {"\\ud800": 1}}',
+    "lone surrogate argument": b'{"id": 1, "cmd": "echo", "args": {"text": "\\ud800"}}',
+    "NUL in the command": b'{"id": 1, "cmd": "info\\u0000"}',
+    "truncated": b'{"id": 1, "cmd": "in',
+}
+
+
+@pytest.mark.parametrize("line", HOSTILE_LINES.values(), ids=HOSTILE_LINES.keys())
+def test_hostile_lines_get_invalid_argument_no_traceback_and_the_connection_stays_usable(line):
+    """Each line gets one invalid_argument answer, the command never runs,
+    nothing is logged as a failure (the conftest fixture), and the next
+    request on the same connection is answered."""
+    commands, protocol, transport = connect()
+    protocol.dataReceived(line + b"\n")
+    send(protocol, {"id": 99, "cmd": "info"})
+    got = responses(transport)
+    assert [(r["status"], r.get("code")) for r in got] == [("error", "invalid_argument"), ("ok", None)], got
+    assert got[1]["id"] == 99 and got[0]["hint"]
+    assert commands.calls == [("info",)]
+    assert not transport.disconnecting
+
+
+def test_the_integer_and_depth_limits_are_inclusive():
+    commands, protocol, transport = connect()
+    biggest = 2**64 - 1
+    protocol.dataReceived(b'{"id": %d, "cmd": "echo", "args": {"text": "a", "repeat": 1}}\n' % biggest)
+    protocol.dataReceived(b'{"id": %d, "cmd": "info"}\n' % -biggest)
+    nested = b"[" * 30 + b"]" * 30  # envelope, args and 30 arrays: 32 levels
+    protocol.dataReceived(b'{"id": 3, "cmd": "echo", "args": {"text": ' + nested + b"}}\n")
+    assert [(r["id"], r["status"]) for r in responses(transport)] == [(biggest, "ok"), (-biggest, "ok"), (3, "ok")]
+
+
+def test_a_read_full_of_blank_lines_costs_linear_time():
+    # Cutting each line by copying the rest of the buffer made this
+    # quadratic: ~8 s for 512 KiB of newlines, ~0.2 s now.
+    commands, protocol, transport = connect()
+    started = time.perf_counter()
+    protocol.dataReceived(b"\n" * (512 * 1024))
+    assert time.perf_counter() - started < 3.0
+    send(protocol, {"id": 1, "cmd": "info"})
+    assert responses(transport)[0]["status"] == "ok"
 
 
 def test_blank_lines_are_ignored():

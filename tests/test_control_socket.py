@@ -239,3 +239,90 @@ def call_raises_stream(client, peer, port):
     except PilotError as e:
         return e
     raise AssertionError("no error raised")
+
+
+# -- EACCES: another user's daemon is permission_denied, not not_running ----------------
+
+_CALL_AS_NOBODY = """
+import os, sys
+from pilotproto.control.client import ControlClient
+from pilotproto.errors import PilotError
+if os.geteuid() == 0:
+    # Imports first: the interpreter's own files need not be readable by nobody.
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+try:
+    ControlClient(sys.argv[1]).call("info", timeout=5)
+    print("ok")
+except PilotError as e:
+    print(e.code)
+"""
+
+
+def _call_as_another_user(home: str) -> str:
+    """The error code a client sees calling ``info`` on ``home``'s socket as a user who
+    is not the daemon's: as root the child drops to uid 65534 (root itself is never
+    refused); otherwise the test made the socket or its directory unusable for us."""
+    import subprocess
+    import sys
+
+    from pilotproto.cli.daemon import child_environment
+
+    run = subprocess.run([sys.executable, "-c", _CALL_AS_NOBODY, home], env=child_environment(),
+                         capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in run.stderr, run.stderr
+    return run.stdout.strip()
+
+
+@pytest.fixture
+def listening():
+    """A listening control socket in a directory every user can search (not under
+    tmp_path, whose parents are private to us)."""
+    import shutil
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="pilot-eacces-")
+    os.chmod(directory, 0o711)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(os.path.join(directory, CONTROL_SOCKET))
+    sock.listen(5)
+    yield directory
+    sock.close()
+    os.chmod(directory, 0o700)
+    shutil.rmtree(directory)
+
+
+def test_a_socket_we_may_not_open_is_permission_denied(listening):
+    path = os.path.join(listening, CONTROL_SOCKET)
+    os.chmod(path, 0o600 if os.geteuid() == 0 else 0o000)
+    assert _call_as_another_user(listening) == "permission_denied"
+
+
+def test_a_home_we_may_not_search_is_permission_denied_not_not_running(listening):
+    # The socket is there, but the 0700 home (another user's) hides it:
+    # the daemon may well run, so "not running" would be a lie.
+    os.chmod(listening, 0o700 if os.geteuid() == 0 else 0o600)
+    try:
+        assert _call_as_another_user(listening) == "permission_denied"
+    finally:
+        os.chmod(listening, 0o711)
+
+
+def test_the_twisted_client_reports_eacces_as_permission_denied_too():
+    """DaemonNode's connections (control/link.py): the same EACCES, the same code."""
+    import errno
+
+    from twisted.internet.error import ConnectError
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.python.failure import Failure
+
+    from pilotproto.control.link import open_link
+
+    memory = MemoryReactorClock()
+    d = open_link(memory, "/home/other/.pilot/control.sock", "/home/other/.pilot", "info", {}, 5)
+    factory = memory.unixClients[0][1]
+    factory.clientConnectionFailed(None, Failure(ConnectError(errno.EACCES, "Permission denied")))
+    failures = []
+    d.addErrback(failures.append)
+    assert failures[0].value.code == "permission_denied"

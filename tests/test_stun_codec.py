@@ -12,6 +12,10 @@ from pilotproto.wire import is_stun
 from pilotproto.wire.codec import DecodeError, Endpoint
 from pilotproto.wire.stun import (
     BINDING,
+    MAGIC_COOKIE,
+    MESSAGE_INTEGRITY,
+    USERNAME,
+    ChangedAddress,
     ChangeRequest,
     ErrorCode,
     MappedAddress,
@@ -22,15 +26,18 @@ from pilotproto.wire.stun import (
     ResponseOrigin,
     ResponsePort,
     Software,
+    SourceAddress,
     StunClass,
     StunDecodeError,
     StunErrorResponse,
     UnknownAttributes,
     XorMappedAddress,
+    attribute_size,
     binding_error,
     binding_request,
     binding_response,
     decode,
+    is_rfc3489,
     parse_binding_response,
     unknown_comprehension_required,
 )
@@ -90,8 +97,8 @@ def test_rfc5769_request_decodes():
         RawAttribute(0x0006, b"evtj:h6vY"),  # USERNAME
         RawAttribute(0x0008, bytes.fromhex("9aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a2")),
     )
-    # PRIORITY is comprehension-required and not ours: a server answers 420.
-    assert unknown_comprehension_required(message) == (0x0024,)
+    # PRIORITY is comprehension-required: a server that does not do ICE answers 420.
+    assert unknown_comprehension_required(message, {USERNAME, MESSAGE_INTEGRITY}) == (0x0024,)
 
 
 def test_rfc5769_request_reencodes_exactly_up_to_padding():
@@ -148,7 +155,7 @@ def test_fingerprint_must_be_last():
 ports = st.integers(0, 0xFFFF)
 endpoints = st.builds(lambda ip, port: Endpoint(str(ip), port), st.ip_addresses(), ports)
 texts = st.text(max_size=40)
-_MODELLED = {0x0001, 0x0003, 0x0009, 0x000A, 0x0020, 0x0026, 0x0027, 0x8022, 0x8028, 0x802B, 0x802C}
+_MODELLED = {0x0001, 0x0003, 0x0004, 0x0005, 0x0009, 0x000A, 0x0020, 0x0026, 0x0027, 0x8022, 0x8028, 0x802B, 0x802C}
 raw_attributes = st.builds(
     RawAttribute,
     st.integers(0, 0xFFFF).filter(lambda t: t not in _MODELLED),
@@ -159,6 +166,8 @@ attribute_strategies = {
     "xor_mapped": st.builds(XorMappedAddress, endpoints),
     "response_origin": st.builds(ResponseOrigin, endpoints),
     "other_address": st.builds(OtherAddress, endpoints),
+    "source_address": st.builds(SourceAddress, endpoints),
+    "changed_address": st.builds(ChangedAddress, endpoints),
     "change_request": st.builds(ChangeRequest, st.booleans(), st.booleans()),
     "response_port": st.builds(ResponsePort, ports),
     "padding": st.builds(Padding, st.integers(0, 600)),
@@ -169,6 +178,8 @@ attribute_strategies = {
 }
 any_attribute = st.one_of(*attribute_strategies.values())
 transaction_ids = st.binary(min_size=12, max_size=12)
+MAGIC = MAGIC_COOKIE.to_bytes(4, "big")
+classic_cookies = st.binary(min_size=4, max_size=4).filter(lambda c: c != MAGIC)
 messages = st.builds(
     Message,
     st.sampled_from(StunClass),
@@ -177,14 +188,41 @@ messages = st.builds(
     st.integers(0, 0xFF),
     st.booleans(),
 )
+classic_messages = st.builds(
+    Message,
+    st.sampled_from(StunClass),
+    transaction_ids,
+    st.lists(any_attribute, max_size=8),
+    st.integers(0, 0xFF),
+    st.booleans(),
+    classic_cookies,
+)
 
 
 @given(messages)
 def test_message_round_trip(message):
     data = message.encode()
-    assert is_stun(data)
+    assert is_stun(data) and not is_rfc3489(data)
     assert len(data) % 4 == 0
     assert decode(data) == message
+    assert not message.rfc3489
+
+
+@given(classic_messages)
+def test_rfc3489_message_round_trip_only_when_asked(message):
+    data = message.encode()
+    assert is_rfc3489(data) and not is_stun(data)
+    assert data[4:8] == message.cookie
+    assert decode(data, rfc3489=True) == message
+    assert message.rfc3489
+    with pytest.raises(StunDecodeError, match="magic cookie"):
+        decode(data)
+
+
+@given(any_attribute)
+def test_attribute_size_is_what_encoding_adds(attribute):
+    empty = len(Message(StunClass.SUCCESS, TXID).encode())
+    assert len(Message(StunClass.SUCCESS, TXID, [attribute]).encode()) - empty == attribute_size(attribute)
 
 
 @pytest.mark.parametrize("name", sorted(attribute_strategies))
@@ -254,6 +292,8 @@ def test_validation_on_construction():
     with pytest.raises(InvalidArgument):
         Message(StunClass.REQUEST, b"short")
     with pytest.raises(InvalidArgument):
+        Message(StunClass.REQUEST, TXID, cookie=b"abc")
+    with pytest.raises(InvalidArgument):
         Software("x" * 128)
     with pytest.raises(InvalidArgument):
         RawAttribute(0x8028, b"")  # FINGERPRINT is the message's flag
@@ -308,13 +348,90 @@ def test_420_lists_unknown_required_attributes():
             RawAttribute(0x7777, b"y"),
         ],
     )
-    assert unknown_comprehension_required(request) == (0x7777,)
-    message = decode(binding_error(request, 420, "Unknown Attribute"))
+    assert unknown_comprehension_required(request, {MESSAGE_INTEGRITY}) == (0x7777,)
+    # Parsing an attribute does not make it understood: the server says what it honours.
+    assert unknown_comprehension_required(request, set()) == (0x7777, 0x0008)
+    error = binding_error(request, 420, "Unknown Attribute", [0x7777])
+    message = decode(error)
     assert message.message_class is StunClass.ERROR
     assert message.attributes == (ErrorCode(420, "Unknown Attribute"), UnknownAttributes([0x7777]))
     with pytest.raises(StunErrorResponse) as caught:
-        parse_binding_response(binding_error(request, 420, "Unknown Attribute"))
+        parse_binding_response(error)
     assert (caught.value.error_code, caught.value.transaction_id) == (420, TXID)
+
+
+# --- RFC 3489 (classic STUN) ----------------------------------------------------
+
+# An RFC 3489 Binding request and coturn 4.6.1's answer to it (captured on
+# loopback, the server on 127.0.0.1:13478 and 127.0.0.2:13479): the cookie
+# field is the first four bytes of the 16-byte transaction id, copied back.
+RFC3489_ID = bytes.fromhex("3da310f7c63053129900987a3eb176d2")
+RFC3489_REQUEST = bytes.fromhex("00010000") + RFC3489_ID
+COTURN_RFC3489_RESPONSE = bytes.fromhex(
+    "01010040" + RFC3489_ID.hex()
+    + "00010008000184287f000001"
+    "00040008000134a67f000001"
+    "00050008000134a77f000002"
+    "80220018436f7475726e2d342e362e312027476f7273742700000000"
+)
+
+
+def test_rfc3489_request_decodes_with_its_cookie_field():
+    assert is_rfc3489(RFC3489_REQUEST) and not is_stun(RFC3489_REQUEST)
+    request = decode(RFC3489_REQUEST, rfc3489=True)
+    assert request.rfc3489
+    assert (request.cookie, request.transaction_id) == (RFC3489_ID[:4], RFC3489_ID[4:])
+    assert (request.message_class, request.method, request.attributes) == (StunClass.REQUEST, BINDING, ())
+    assert request.encode() == RFC3489_REQUEST
+
+
+def test_rfc3489_response_from_coturn_decodes():
+    response = decode(COTURN_RFC3489_RESPONSE, rfc3489=True)
+    assert response.message_class is StunClass.SUCCESS and response.cookie == RFC3489_ID[:4]
+    assert response.attributes[:3] == (
+        MappedAddress(Endpoint("127.0.0.1", 33832)),
+        SourceAddress(Endpoint("127.0.0.1", 13478)),
+        ChangedAddress(Endpoint("127.0.0.2", 13479)),
+    )
+    assert response.find(Software).text.startswith("Coturn-4.6.1")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        RFC3489_REQUEST[:-1],  # too short
+        bytes.fromhex("00010004") + RFC3489_ID,  # length says 4, nothing follows
+        bytes.fromhex("00010002") + RFC3489_ID + b"ab",  # not a multiple of 4
+        bytes.fromhex("c0010000") + RFC3489_ID,  # first byte outside RFC 7983's STUN range
+    ],
+)
+def test_rfc3489_shape_is_checked(data):
+    assert not is_rfc3489(data)
+    with pytest.raises(StunDecodeError):
+        decode(data, rfc3489=True)
+
+
+def test_helpers_answer_only_magic_cookie_requests():
+    classic = decode(RFC3489_REQUEST, rfc3489=True)
+    with pytest.raises(InvalidArgument, match="3489"):
+        binding_response(classic, Endpoint("192.0.2.1", 1))
+    with pytest.raises(InvalidArgument, match="3489"):
+        binding_error(classic, 400, "Bad Request")
+
+
+def test_our_rfc3489_attributes_parse_with_aioice():
+    message = Message(
+        StunClass.SUCCESS,
+        RFC3489_ID[4:],
+        [MappedAddress(Endpoint("192.0.2.1", 4000)), SourceAddress(Endpoint("198.51.100.1", 3478)),
+         ChangedAddress(Endpoint("198.51.100.2", 3479))],
+        cookie=RFC3489_ID[:4],
+    )
+    parsed = aioice_stun.parse_message(message.encode())
+    assert parsed.transaction_id == RFC3489_ID[4:]
+    assert parsed.attributes["MAPPED-ADDRESS"] == ("192.0.2.1", 4000)
+    assert parsed.attributes["SOURCE-ADDRESS"] == ("198.51.100.1", 3478)
+    assert parsed.attributes["CHANGED-ADDRESS"] == ("198.51.100.2", 3479)
 
 
 def test_parse_binding_response_rejects_other_messages():
@@ -341,7 +458,7 @@ def test_aioice_request_decodes_with_ours():
     assert message.transaction_id == theirs.transaction_id
     assert message.attributes == (ChangeRequest(True, True), Software("aioice"))
     assert message.fingerprint
-    assert unknown_comprehension_required(message) == ()
+    assert unknown_comprehension_required(message, {ChangeRequest.TYPE}) == ()
 
 
 @pytest.mark.parametrize("observed", [Endpoint("203.0.113.9", 40001), Endpoint("2001:db8::9", 1)])

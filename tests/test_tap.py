@@ -35,8 +35,10 @@ def test_node_without_a_beacon_is_a_usage_error(tmp_path):
 def test_a_saved_config_supplies_what_the_command_line_leaves_out(tmp_path):
     from pilotproto.node.config import NodeConfig
 
+    from pilotproto.identity import load_or_create
+
     home = str(tmp_path / "a")
-    os.makedirs(home, mode=0o700)
+    load_or_create(home)  # a node that ran here before (issue 9: config without a key is identity_missing)
     NodeConfig(hostname="agent-a", beacon="127.0.0.1:9000").save(home)
     _options("node", "--home", home)
 

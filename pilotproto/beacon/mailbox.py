@@ -7,36 +7,55 @@ recipient verifies the sender's signature itself: the beacon can delay or
 drop mail but cannot forge it.
 
 * Mail is addressed to a recipient key.  A handshake request may name its
-  target by hostname or address; if no live registration holds that name or
-  address, the mail waits *for the name or address* and is bound to the
-  first key that registers it (the same key a lookup would have returned).
-* If the recipient is online the mail is pushed at once, and again every
-  ``RETRANSMIT`` seconds, at most ``MAX_PUSHES`` times, until the recipient
-  acknowledges it with ``MailAck``.  Waiting mail is pushed again whenever
-  the recipient registers or keeps alive, so a node that was offline gets it
-  as soon as it is back.
+  target by hostname or address; if a key holds that name or address (online
+  or not: names are held for days, :mod:`pilotproto.beacon.registry`), the
+  mail is bound to that key at once; if none does, the mail waits *for the
+  name or address* and is bound to the first key that registers it.
+* Pushes go only to the recipient's validated endpoint
+  (:mod:`pilotproto.beacon.paths`), in *rounds*: a round starts when the
+  mail is posted to a live recipient, when the recipient registers, and
+  when its endpoint moves; it pushes at once and again after 1, 2, 4, ...
+  seconds, at most ``MAX_PUSHES`` times, until the recipient acknowledges
+  with ``MailAck``.  Keepalives start nothing, so a mail costs at most
+  ``MAX_PUSHES`` datagrams per registration of its recipient, and one node
+  receives at most ``PUSHES_PER_NODE`` pushes (others wait their turn).
 * Mail expires (default 7 days; the sender may ask for less, never more).
 * Caps keep one sender from filling the beacon's memory: per recipient,
-  per (sender, recipient) pair, and in total.  A resent message (same
-  sender and ``dedup_key``) replaces the earlier copy instead of adding one.
+  per sender, per (sender, recipient) pair, and in total; over one the
+  answer is ``rate_limited``.  A resent message (same sender and
+  ``dedup_key``) replaces the earlier copy instead of adding one.
+* Waiting mail is kept in the beacon's store, so a restart loses none.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 
 import attrs
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from ..errors import Refused
+from ..common.wiring import check_provides
+from ..errors import InvalidArgument, RateLimited, Refused
+from ..identity import Address
 from ..wire import beacon as msgs
+from .limits import BucketTable, Rate
+from .paths import IPathListener
+from .store import IBeaconStore, MailRow, MemoryStore
 
 DEFAULT_EXPIRY = 7 * 24 * 3600
-RETRANSMIT = 1.0
-MAX_PUSHES = 10
+#: seconds between the pushes of one round: at once, then doubling
+PUSH_DELAYS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MAX_PUSHES = len(PUSH_DELAYS) + 1
+#: pushes one node may receive: a burst of 64 (a full mailbox), then 6.4 a second
+PUSHES_PER_NODE = Rate(64, 10)
 PER_RECIPIENT = 64
-PER_SENDER = 8
+PER_SENDER = 256
+PER_PAIR = 8
 TOTAL = 100_000
+#: what a sender over a cap is told to wait: mail leaves as recipients come online
+FULL_RETRY_AFTER = 300
 
 
 @attrs.define(eq=False)
@@ -51,7 +70,11 @@ class Mail:
     pushes: int = 0
     timer: object = attrs.field(default=None, repr=False)
 
+    def row(self) -> MailRow:
+        return MailRow(self.mail_id, self.sender, self.recipient, self.dedup_key, self.datagram, self.expires_at)
 
+
+@implementer(IPathListener)
 class Mailbox:
     log = Logger()
 
@@ -65,18 +88,24 @@ class Mailbox:
         per_recipient: int = PER_RECIPIENT,
         per_sender: int = PER_SENDER,
         total: int = TOTAL,
+        store=None,
+        per_pair: int = PER_PAIR,
     ):
         self._clock = clock
         self._registry = registry
         #: ``send(datagram, endpoint)`` for pushes, which answer no request
         self._send = send
         self._counters = counters
+        self._store = check_provides(store if store is not None else MemoryStore(), IBeaconStore, "Mailbox store")
         self.default_expiry = default_expiry
         self.per_recipient = per_recipient
         self.per_sender = per_sender
+        self.per_pair = per_pair
         self.total = total
         self._boxes: dict[tuple, dict[int, Mail]] = {}
+        self._from: collections.Counter = collections.Counter()
         self._count = 0
+        self._push_budget = BucketTable(PUSHES_PER_NODE)
 
     def __len__(self) -> int:
         return self._count
@@ -84,15 +113,31 @@ class Mailbox:
     def waiting_for(self, recipient: tuple) -> list[Mail]:
         return list(self._boxes.get(recipient, {}).values())
 
+    def restore(self, rows) -> None:
+        """Take back the mail a store kept (at start); it is pushed when its recipients register."""
+        now = self._clock.seconds()
+        for row in rows:
+            if row.expires_at <= now:
+                self._store.delete_mail(row.mail_id)
+                continue
+            self._add(Mail(row.mail_id, row.sender, row.recipient, row.dedup_key, row.datagram, row.expires_at))
+
+    def _add(self, mail: Mail) -> None:
+        self._boxes.setdefault(mail.recipient, {})[mail.mail_id] = mail
+        self._from[mail.sender] += 1
+        self._count += 1
+
     # -- posting -----------------------------------------------------------
 
     def post(self, sender: bytes, recipient: tuple, datagram: bytes, dedup_key: tuple, expires_at: int = 0) -> Mail:
         """Keep ``datagram`` for ``recipient`` and push it if they are online.
 
         ``recipient`` is ``("key", k)``, ``("name", hostname)`` or
-        ``("address", raw)``; a name or address held by a live registration
-        is bound to its key at once.  Raises Refused when a cap is reached.
+        ``("address", raw)``; a name or address a key holds is bound to that
+        key at once.  Raises RateLimited when a cap is reached.
         """
+        if len(datagram) > msgs.MAX_DELIVERED:
+            raise InvalidArgument("the message is too large to deliver")
         recipient = self._resolve(recipient)
         now = self._clock.seconds()
         longest = now + self.default_expiry
@@ -101,66 +146,80 @@ class Mailbox:
             raise Refused("the message has already expired")
         for old in [m for m in self.waiting_for(recipient) if m.sender == sender and m.dedup_key == dedup_key]:
             self._drop(old)
-        box = self._boxes.setdefault(recipient, {})
-        from_sender = sum(1 for m in box.values() if m.sender == sender)
-        if from_sender >= self.per_sender or len(box) >= self.per_recipient or self._count >= self.total:
-            self._counters["mail_refused_full"] += 1
-            if not box:
-                del self._boxes[recipient]
-            raise Refused("the recipient's mailbox at the beacon is full", hint="Try again later.")
+        box = self._boxes.get(recipient, {})
+        pair = sum(1 for m in box.values() if m.sender == sender)
+        if pair >= self.per_pair or len(box) >= self.per_recipient:
+            self._refuse("the recipient's mailbox at the beacon is full")
+        if self._from[sender] >= self.per_sender:
+            self._refuse("you have too much mail waiting at the beacon")
+        if self._count >= self.total:
+            self._refuse("the beacon's mailbox is full")
         mail = Mail(int.from_bytes(os.urandom(8), "big"), sender, recipient, dedup_key, datagram, expiry)
-        box[mail.mail_id] = mail
-        self._count += 1
+        self._add(mail)
+        self._store.put_mail(mail.row())
         self._counters["mail_posted"] += 1
-        if recipient[0] == "key":
-            self._start_pushing(mail)
+        if recipient[0] == "key" and self._registry.get(recipient[1]) is not None:
+            self._start_round(mail)
         return mail
+
+    def _refuse(self, why: str):
+        self._counters["mail_refused_full"] += 1
+        raise RateLimited(why, hint="Try again later: mail leaves as its recipients come online.", retry_after=FULL_RETRY_AFTER)
 
     def _resolve(self, recipient: tuple) -> tuple:
         kind, value = recipient
-        record = None
+        key = None
         if kind == "name":
-            record = self._registry.find_by_name(value)
+            key = self._registry.holder_of(value)
         elif kind == "address":
-            from ..identity import Address
-
-            record = self._registry.find_by_address(Address.from_bytes(value))
-        return ("key", record.public_key) if record is not None else recipient
+            key = self._registry.holder_of_address(Address.from_bytes(value))
+        return ("key", key) if key is not None else recipient
 
     # -- pushing -----------------------------------------------------------
 
     def recipient_online(self, record) -> None:
-        """``record`` registered or kept alive: bind mail waiting for its name
-        or address, and push everything it has not acknowledged."""
+        """``record`` registered: bind mail waiting for its name or address,
+        and start a round for everything it has not acknowledged."""
         key = ("key", record.public_key)
         for waiting in (("name", record.hostname), ("address", record.address.to_bytes())):
             for mail in self._boxes.pop(waiting, {}).values():
                 mail.recipient = key
                 self._boxes.setdefault(key, {})[mail.mail_id] = mail
-        for mail in self.waiting_for(key):
-            if mail.timer is None or not mail.timer.active():
-                mail.pushes = 0
-                self._start_pushing(mail)
+                self._store.put_mail(mail.row())
+        self.path_changed(record)
 
-    def _start_pushing(self, mail: Mail) -> None:
+    def path_changed(self, record) -> None:
+        """``record``'s endpoint is new: pushes so far may have gone elsewhere."""
+        for mail in self.waiting_for(("key", record.public_key)):
+            self._start_round(mail)
+
+    def _start_round(self, mail: Mail) -> None:
+        self._cancel(mail)
+        mail.pushes = 0
         # Not inline: the reply to the request that brought the recipient
         # online (its Registered) should reach it before its mail.
         mail.timer = self._clock.callLater(0, self._push, mail)
 
     def _push(self, mail: Mail) -> None:
         mail.timer = None
-        if self._clock.seconds() >= mail.expires_at:
+        now = self._clock.seconds()
+        if now >= mail.expires_at:
             self._expire_one(mail)
             return
         record = self._registry.get(mail.recipient[1])
         if record is None or mail.pushes >= MAX_PUSHES:
-            # Offline, or not answering: wait for its next registration or keepalive.
+            # Offline, or not answering: wait for its next registration.
+            return
+        if self._push_budget.take(record.public_key, now):
+            self._counters["mail_push_deferred"] += 1
+            mail.timer = self._clock.callLater(PUSH_DELAYS[0], self._push, mail)
             return
         mail.pushes += 1
         self._counters["mail_pushes"] += 1
         deliver = msgs.Deliver(int.from_bytes(os.urandom(8), "big"), mail.mail_id, mail.datagram)
         self._send(msgs.encode(deliver), record.endpoint)
-        mail.timer = self._clock.callLater(RETRANSMIT, self._push, mail)
+        if mail.pushes < MAX_PUSHES:
+            mail.timer = self._clock.callLater(PUSH_DELAYS[mail.pushes - 1], self._push, mail)
 
     def acked(self, recipient_key: bytes, mail_id: int) -> bool:
         mail = self._boxes.get(("key", recipient_key), {}).get(mail_id)
@@ -172,13 +231,20 @@ class Mailbox:
 
     # -- forgetting ----------------------------------------------------------
 
-    def _drop(self, mail: Mail) -> None:
+    def _cancel(self, mail: Mail) -> None:
         if mail.timer is not None and mail.timer.active():
             mail.timer.cancel()
         mail.timer = None
+
+    def _drop(self, mail: Mail) -> None:
+        self._cancel(mail)
         box = self._boxes.get(mail.recipient, {})
         if box.pop(mail.mail_id, None) is not None:
             self._count -= 1
+            self._from[mail.sender] -= 1
+            if self._from[mail.sender] <= 0:
+                del self._from[mail.sender]
+            self._store.delete_mail(mail.mail_id)
         if not box:
             self._boxes.pop(mail.recipient, None)
 
@@ -197,6 +263,4 @@ class Mailbox:
     def stop(self) -> None:
         for box in self._boxes.values():
             for mail in box.values():
-                if mail.timer is not None and mail.timer.active():
-                    mail.timer.cancel()
-                mail.timer = None
+                self._cancel(mail)

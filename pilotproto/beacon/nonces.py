@@ -5,8 +5,11 @@ A nonce is ``issued_at (u64 seconds) || salt (8 random bytes) ||
 HMAC-SHA256(secret, issued_at || salt || endpoint)[:16]``: the beacon can check that it made the nonce, for that
 source endpoint, recently, without remembering anything until the nonce is
 redeemed.  Redeemed nonces are remembered until they would have expired
-anyway, so each one registers at most once.  The secret is made afresh when
-the beacon starts, so nonces from before a restart are worthless.
+anyway, so each one registers at most once; at most ``MAX_REDEEMED`` are
+remembered (each took a signed request from an address that received its
+Challenge), and when that many are unexpired, further ones are refused
+until some expire.  The secret is made afresh when the beacon starts, so
+nonces from before a restart are worthless.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import struct
 from ..wire.codec import Endpoint, Writer
 
 NONCE_LIFETIME = 30
+MAX_REDEEMED = 65536
 
 
 class NonceIssuer:
@@ -50,7 +54,11 @@ class NonceIssuer:
             return "nonce expired"
         if nonce in self._redeemed:
             return "nonce already used"
+        if len(self._redeemed) >= MAX_REDEEMED:
+            self._redeemed = {n: t for n, t in self._redeemed.items() if t >= now}
+            if len(self._redeemed) >= MAX_REDEEMED:
+                return "the beacon is busy: too many registrations in the last seconds"
         self._redeemed[nonce] = issued_at + self._lifetime
-        if len(self._redeemed) > 1024:
+        if len(self._redeemed) > 1024 and len(self._redeemed) % 1024 == 0:
             self._redeemed = {n: t for n, t in self._redeemed.items() if t >= now}
         return None

@@ -1,33 +1,68 @@
 """
-The beacon's registry: which key holds which name and address, where it was
-last seen, and which signed requests it has already made.
+The beacon's registry: which key holds which name, and where each live
+node is.
 
-Pure bookkeeping with an injected clock; the beacon server feeds it.
+Two kinds of entry, with two lifetimes:
+
+* a **name binding** (hostname -> key, last seen) lasts ``hold`` seconds
+  (days: ``Limits.name_hold``) after the key was last seen, and is kept in
+  the store, so neither a brief absence nor a beacon restart frees a name.
+  Only the owner frees it earlier: by a signed release, or by registering
+  another name (a key holds one name).  The key's address is bound with it.
+* a **live registration** (:class:`Record`: endpoint, relay key, replay
+  state) lasts ``ttl`` seconds (30) after the last fresh signed request.
+  Lookups, relaying and mail pushes see only live registrations.
 
 Rules:
 
-* a hostname and an address belong to the first key that registers them,
-  for as long as that registration is alive (keepalives within ``ttl``);
-* the same key registering again (from a new endpoint, or after a beacon
-  restart) updates its record; a key that registers a new name gives up its
-  old one;
+* a hostname and an address belong to the key that holds the binding;
+  another key gets ``name_taken`` (or ``refused`` for a colliding address)
+  until the binding has gone ``hold`` seconds unseen;
+* the same key registering again updates its record and its binding;
+* a record's ``endpoint`` is always a *validated* address: set by a
+  registration (its nonce proves the source receives) and moved only by
+  :mod:`pilotproto.beacon.paths`; :meth:`Registry.touch` only notes that
+  the key was seen;
 * a signed request's ``seq`` must not have been seen from that key before,
-  and may be at most ``SEQ_WINDOW_NS`` older than the newest one seen (nodes
-  use nanosecond timestamps, so reordering in the network is tolerated but
-  an old request replayed later is not).
+  and may be at most ``SEQ_WINDOW_NS`` older than the newest one seen.
+
+Pure bookkeeping with an injected clock; the beacon server feeds it.
 """
 
 from __future__ import annotations
 
 import attrs
 
-from ..errors import NameTaken, Refused
-from ..identity import Address
 from ..common.replay import ReplayWindow
+from ..common.wiring import check_provides
+from ..errors import NameTaken, RateLimited, Refused
+from ..identity import Address
 from ..wire.codec import Endpoint
+from .limits import DAY
+from .store import IBeaconStore, MemoryStore, NameRow
 
 DEFAULT_TTL = 30
+DEFAULT_HOLD = 30 * DAY
+DEFAULT_MAX_NAMES = 200_000
 SEQ_WINDOW_NS = 10 * 1_000_000_000
+#: a binding's last-seen time is written to the store when it has moved this
+#: far: the hold time is days, so a keepalive every 5 s need not be a write
+LAST_SEEN_RESOLUTION = 600
+#: when the beacon holds ``max_names``, a new name may try again after this
+FULL_RETRY_AFTER = 3600
+
+
+@attrs.define
+class Binding:
+    public_key: bytes
+    hostname: str
+    last_seen: float
+    #: ``last_seen`` as last written to the store
+    stored_seen: float = attrs.field(default=0.0, eq=False)
+
+    @property
+    def address(self) -> Address:
+        return Address.from_public_key(self.public_key)
 
 
 @attrs.define
@@ -35,6 +70,7 @@ class Record:
     public_key: bytes
     hostname: str
     address: Address
+    #: the validated endpoint: every datagram the beacon starts goes here
     endpoint: Endpoint
     lan_endpoints: tuple
     public: bool
@@ -45,6 +81,12 @@ class Record:
     #: key this node tags relay frames with, shared with this beacon process
     relay_key: bytes | None = attrs.field(default=None, repr=False)
     relay_window: ReplayWindow = attrs.field(factory=ReplayWindow, repr=False)
+    #: an address the node's datagrams came from that has not echoed a challenge yet
+    candidate: object = attrs.field(default=None, repr=False)
+    #: quota buckets (:mod:`pilotproto.beacon.limits`), made on first use
+    requests: object = attrs.field(default=None, repr=False)
+    relay_bytes: object = attrs.field(default=None, repr=False)
+    relay_pairs: object = attrs.field(default=None, repr=False)
 
     def endpoints(self) -> tuple:
         # A node on the TLS relay has no UDP endpoint worth probing.
@@ -65,34 +107,121 @@ class Record:
 
 
 class Registry:
-    def __init__(self, clock, ttl: float = DEFAULT_TTL):
+    def __init__(self, clock, ttl: float = DEFAULT_TTL, hold: float = DEFAULT_HOLD, store=None, max_names: int = DEFAULT_MAX_NAMES):
         self._clock = clock
         self.ttl = ttl
-        self._by_key: dict[bytes, Record] = {}
+        self.hold = hold
+        self.max_names = max_names
+        self._store = check_provides(store if store is not None else MemoryStore(), IBeaconStore, "Registry store")
+        self._live: dict[bytes, Record] = {}
+        self._bindings: dict[bytes, Binding] = {}
         self._by_name: dict[str, bytes] = {}
         self._by_address: dict[Address, bytes] = {}
 
     def __len__(self) -> int:
-        return len(self._by_key)
+        """Live registrations."""
+        return len(self._live)
+
+    @property
+    def names(self) -> int:
+        return len(self._bindings)
+
+    def restore(self, rows) -> None:
+        """Take back the bindings a store kept (at start, before any datagram)."""
+        now = self._clock.seconds()
+        for row in sorted(rows, key=lambda r: r.last_seen):
+            if now - row.last_seen > self.hold:
+                self._store.delete_name(row.public_key)
+                continue
+            # Newest last: if two rows name one host (a half-written move), the newest wins.
+            stale = self._by_name.get(row.hostname)
+            if stale is not None and stale != row.public_key:
+                self._drop_binding(stale)
+            self._bind(Binding(row.public_key, row.hostname, row.last_seen, stored_seen=row.last_seen))
+
+    # -- names ---------------------------------------------------------------------
+
+    def _held(self, binding: Binding | None) -> bool:
+        return binding is not None and self._clock.seconds() - binding.last_seen <= self.hold
+
+    def holder_of(self, hostname: str) -> bytes | None:
+        """The key that holds ``hostname`` (online or not), or None."""
+        key = self._by_name.get(hostname)
+        return key if key is not None and self._held(self._bindings.get(key)) else None
+
+    def holder_of_address(self, address: Address) -> bytes | None:
+        key = self._by_address.get(address)
+        return key if key is not None and self._held(self._bindings.get(key)) else None
+
+    def name_of(self, public_key: bytes) -> str | None:
+        binding = self._bindings.get(public_key)
+        return binding.hostname if self._held(binding) else None
+
+    def check_name(self, public_key: bytes, hostname: str) -> bool:
+        """May ``public_key`` register ``hostname``?  True if it holds it already
+        (a returning owner), False if it is free; NameTaken or Refused if not."""
+        holder = self.holder_of(hostname)
+        if holder is not None and holder != public_key:
+            raise NameTaken(f"the name {hostname!r} is held by another key")
+        address = Address.from_public_key(public_key)
+        other = self.holder_of_address(address)
+        if other is not None and other != public_key:
+            raise Refused(f"address {address} is held by another key", hint="Make a new identity.")
+        if holder == public_key:
+            return True
+        if public_key not in self._bindings and len(self._bindings) >= self.max_names:
+            # Names past their hold time are dropped by expire(), every few seconds.
+            raise RateLimited("the beacon holds as many names as it may", retry_after=FULL_RETRY_AFTER)
+        return False
+
+    def _bind(self, binding: Binding) -> None:
+        self._bindings[binding.public_key] = binding
+        self._by_name[binding.hostname] = binding.public_key
+        self._by_address[binding.address] = binding.public_key
+
+    def _drop_binding(self, public_key: bytes) -> None:
+        self._live.pop(public_key, None)
+        binding = self._bindings.pop(public_key, None)
+        if binding is None:
+            return
+        if self._by_name.get(binding.hostname) == public_key:
+            del self._by_name[binding.hostname]
+        if self._by_address.get(binding.address) == public_key:
+            del self._by_address[binding.address]
+        self._store.delete_name(public_key)
+
+    def _store_binding(self, binding: Binding) -> None:
+        binding.stored_seen = binding.last_seen
+        self._store.put_name(NameRow(binding.public_key, binding.hostname, binding.last_seen))
+
+    def release(self, public_key: bytes, hostname: str) -> bool:
+        """The owner gives ``hostname`` up: free now, and its registration ends."""
+        if self.holder_of(hostname) != public_key:
+            return False
+        self._drop_binding(public_key)
+        return True
+
+    # -- live registrations ------------------------------------------------------------
 
     def _alive(self, record: Record | None) -> bool:
         return record is not None and self._clock.seconds() - record.last_seen <= self.ttl
 
     def register(self, public_key, hostname, endpoint, lan_endpoints=(), public=False, seq=0) -> Record:
-        """Bind ``hostname`` and the key's address to ``public_key`` at ``endpoint``."""
+        """Bind ``hostname`` and the key's address to ``public_key``, live at ``endpoint``
+        (an address the registration's nonce proved)."""
         now = self._clock.seconds()
+        self.check_name(public_key, hostname)
         address = Address.from_public_key(public_key)
-        holder = self._by_name.get(hostname)
-        if holder is not None and holder != public_key and self._alive(self._by_key.get(holder)):
-            raise NameTaken(f"the name {hostname!r} is held by another key")
-        holder = self._by_address.get(address)
-        if holder is not None and holder != public_key and self._alive(self._by_key.get(holder)):
-            raise Refused(f"address {address} is held by another key", hint="Make a new identity.")
+        old = self._live.get(public_key)
+        # Whoever held the name or the address before is past the hold time.
         for stale in {self._by_name.get(hostname), self._by_address.get(address)} - {None, public_key}:
-            self.remove(stale)
-        old = self._by_key.get(public_key)
-        if old is not None and old.hostname != hostname:
-            self._by_name.pop(old.hostname, None)
+            self._drop_binding(stale)
+        binding = self._bindings.get(public_key)
+        if binding is not None and binding.hostname != hostname:
+            self._drop_binding(public_key)  # a key holds one name: the old one is free now
+        binding = Binding(public_key, hostname, now)
+        self._bind(binding)
+        self._store_binding(binding)
         record = Record(
             public_key=public_key,
             hostname=hostname,
@@ -106,17 +235,16 @@ class Registry:
         if old is not None:
             record.max_seq, record.seen_seqs = old.max_seq, old.seen_seqs
             record.relay_window = old.relay_window
+            record.requests, record.relay_bytes, record.relay_pairs = old.requests, old.relay_bytes, old.relay_pairs
         record.accept_seq(seq)
-        self._by_key[public_key] = record
-        self._by_name[hostname] = public_key
-        self._by_address[address] = public_key
+        self._live[public_key] = record
         return record
 
     def get(self, public_key: bytes) -> Record | None:
         """The live record for ``public_key``, or None."""
-        record = self._by_key.get(public_key)
+        record = self._live.get(public_key)
         if record is not None and not self._alive(record):
-            self.remove(public_key)
+            del self._live[public_key]
             return None
         return record
 
@@ -128,23 +256,35 @@ class Registry:
         key = self._by_address.get(address)
         return self.get(key) if key is not None else None
 
-    def touch(self, record: Record, endpoint: Endpoint) -> None:
-        """A fresh signed request came from ``endpoint``: follow it there."""
-        record.last_seen = self._clock.seconds()
+    def touch(self, record: Record) -> None:
+        """A fresh signed request (or relay frame) from ``record``'s key: it is alive.
+        Where it came from is for the path validator to judge."""
+        now = self._clock.seconds()
+        record.last_seen = now
+        binding = self._bindings.get(record.public_key)
+        if binding is not None:
+            binding.last_seen = now
+            if now - binding.stored_seen >= LAST_SEEN_RESOLUTION:
+                self._store_binding(binding)
+
+    def move(self, record: Record, endpoint: Endpoint) -> None:
+        """``endpoint`` has proved it receives for ``record``: send there from now on."""
         record.endpoint = endpoint
+        record.candidate = None
 
     def remove(self, public_key: bytes) -> None:
-        record = self._by_key.pop(public_key, None)
-        if record is None:
-            return
-        if self._by_name.get(record.hostname) == public_key:
-            del self._by_name[record.hostname]
-        if self._by_address.get(record.address) == public_key:
-            del self._by_address[record.address]
+        """The node went offline (Unregister): its name stays held."""
+        self._live.pop(public_key, None)
 
-    def expire(self) -> int:
-        """Drop every registration whose keepalives stopped; return how many."""
-        dead = [k for k, r in self._by_key.items() if not self._alive(r)]
+    # -- forgetting ------------------------------------------------------------------------
+
+    def expire(self) -> tuple[int, list[bytes]]:
+        """Drop dead registrations and bindings past the hold time.
+        Returns (registrations dropped, keys whose names were freed)."""
+        dead = [k for k, r in self._live.items() if not self._alive(r)]
         for key in dead:
-            self.remove(key)
-        return len(dead)
+            del self._live[key]
+        freed = [k for k, b in self._bindings.items() if not self._held(b)]
+        for key in freed:
+            self._drop_binding(key)
+        return len(dead), freed

@@ -9,34 +9,44 @@ from the socket the request came in on.  The UDP protocol in
 :mod:`pilotproto.beacon.protocol` only moves bytes.
 
 Nothing a peer sends can raise out of here: malformed, forged or replayed
-datagrams are dropped and counted in ``counters``.  An answer to a request
+datagrams are dropped and counted in ``counters``.  What the beacon does
+against a hostile internet (``docs/security.md``) is in its workers: names
+held for days and kept in a store (:mod:`~pilotproto.beacon.registry`,
+:mod:`~pilotproto.beacon.store`), sending only to proven addresses
+(:mod:`~pilotproto.beacon.paths`), and quotas answered with
+``rate_limited`` (:mod:`~pilotproto.beacon.limits`).  An answer to a request
 that has not proved its key is never more than ``AMPLIFICATION_LIMIT``
-times the request's size (QUIC's anti-amplification rule), except STUN
-Binding responses, whose size RFC 8489 fixes.
+times the request's size (QUIC's anti-amplification rule); STUN answers
+too, which :mod:`pilotproto.beacon.stun` trims to fit.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import os
 
+import attrs
 from nacl.bindings import crypto_scalarmult_base
-
 from twisted.logger import Logger
 
-from ..errors import InvalidArgument, PilotError
+from ..common.wiring import check_provides
+from ..errors import InvalidArgument, PilotError, RateLimited
 from ..identity import Address, verify_signature, x25519_from_ed25519_public
 from ..common.names import check_hostname
 from ..wire import DecodeError, Endpoint, is_stun
 from ..wire import beacon as msgs
 from ..wire import relay
 from ..wire import stun
+from .limits import Limits, Quotas
 from .mailbox import Mailbox
 from .nonces import NonceIssuer
+from .paths import AMPLIFICATION_LIMIT, PathValidator
 from .registry import DEFAULT_TTL, Registry
+from .store import IBeaconStore, MemoryStore
+from .stun import StunResponder
 from .visibility import VisibilityLists
 
-AMPLIFICATION_LIMIT = 3
 DEFAULT_KEEPALIVE_INTERVAL = 5
 SOFTWARE = "pilotproto beacon"
 
@@ -54,22 +64,41 @@ class Reply(tuple):
         return reply
 
 
+@attrs.define
+class Inbound:
+    """One datagram being handled: where from, how big, and once a signed
+    request is authenticated, whose record and whether its source is validated."""
+
+    source: Endpoint
+    size: int
+    record: object = None
+    validated: bool = True
+
+
 class BeaconServer:
+    """The beacon's decisions.  ``limits`` (:class:`~pilotproto.beacon.limits.Limits`)
+    bounds what anyone may cost it; ``store`` (an
+    :class:`~pilotproto.beacon.store.IBeaconStore`) keeps names, visibility
+    lists and mail across restarts, and is read once, here."""
+
     log = Logger()
 
     def __init__(
         self,
         clock,
-        registry: Registry | None = None,
-        nonces: NonceIssuer | None = None,
         keepalive_interval: int = DEFAULT_KEEPALIVE_INTERVAL,
         other_address: Endpoint | None = None,
         send=None,
         primary_address: Endpoint | None = None,
+        limits: Limits | None = None,
+        store=None,
+        random_bytes=os.urandom,
     ):
         self._clock = clock
-        self.registry = registry if registry is not None else Registry(clock, DEFAULT_TTL)
-        self.nonces = nonces if nonces is not None else NonceIssuer(clock)
+        self.limits = limits if limits is not None else Limits()
+        self.store = check_provides(store if store is not None else MemoryStore(), IBeaconStore, "BeaconServer store")
+        self.registry = Registry(clock, DEFAULT_TTL, hold=self.limits.name_hold, store=self.store, max_names=self.limits.max_names)
+        self.nonces = NonceIssuer(clock)
         self.keepalive_interval = keepalive_interval
         #: RFC 5780: with both set (different IP *and* port), the beacon
         #: listens on the four combinations, answers CHANGE-REQUEST and
@@ -83,8 +112,22 @@ class BeaconServer:
         #: ``send(datagram, endpoint)`` for datagrams that answer no request
         #: (mail pushes); the UDP protocol sets it once it has a transport
         self.send = send
-        self.mailbox = Mailbox(clock, self.registry, self._send_unsolicited, self.counters)
-        self.visibility = VisibilityLists(self.counters)
+        self.mailbox = Mailbox(
+            clock,
+            self.registry,
+            self._send_unsolicited,
+            self.counters,
+            per_recipient=self.limits.mail_per_recipient,
+            per_sender=self.limits.mail_per_sender,
+            store=self.store,
+        )
+        self.visibility = VisibilityLists(self.counters, store=self.store)
+        self.paths = PathValidator(clock, self.registry, self.counters, self.mailbox, random_bytes)
+        self.quotas = Quotas(clock, self.limits, self.counters)
+        saved = self.store.load()
+        self.registry.restore(saved.names)
+        self.visibility.restore(saved.visibility)
+        self.mailbox.restore(saved.mail)
 
     def _send_unsolicited(self, datagram: bytes, destination: Endpoint) -> None:
         if self.send is None:
@@ -97,7 +140,7 @@ class BeaconServer:
     def datagram_received(self, data: bytes, source: Endpoint, local: Endpoint | None = None):
         self.counters["datagrams"] += 1
         try:
-            if is_stun(data):
+            if is_stun(data) or stun.is_rfc3489(data):
                 return self._stun(data, source, local)
             if data[:1] == bytes([msgs.KIND]):
                 return self._beacon_message(data, source)
@@ -117,59 +160,34 @@ class BeaconServer:
     # -- STUN --------------------------------------------------------------
 
     def _stun(self, data, source, local):
-        request = stun.decode(data)
-        if request.message_class != stun.StunClass.REQUEST or request.method != stun.BINDING:
-            self.counters["dropped_stun_not_binding_request"] += 1
-            return []
-        self.counters["stun_requests"] += 1
-        unknown = stun.unknown_comprehension_required(request)
-        if unknown:
-            reply = stun.binding_error(request, 420, "Unknown Attribute", software=SOFTWARE)
-            return [(reply, source)]
-        origin = local
-        change = request.find(stun.ChangeRequest)
-        if change is not None and (change.change_ip or change.change_port):
-            origin = self.alternate_endpoint(local, change.change_ip, change.change_port)
-            if origin is None:
-                # RFC 5780 §6.1: no alternate address, so CHANGE-REQUEST is
-                # an attribute we cannot honour.
-                self.counters["stun_change_refused"] += 1
-                reply = stun.binding_error(
-                    request, 420, "Unknown Attribute", unknown_attributes=[stun.ChangeRequest.TYPE], software=SOFTWARE
-                )
-                return [(reply, source)]
-            self.counters["stun_change_requests"] += 1
-        reply = stun.binding_response(
-            request,
-            source,
-            response_origin=origin,
-            other_address=self.alternate_endpoint(local, True, True),
+        # beacon/stun.py decides; built per request so that it always sees
+        # the alternates as they are now.
+        responder = StunResponder(
+            self.counters,
+            self.primary_address,
+            self.other_address,
             software=SOFTWARE,
+            amplification_limit=AMPLIFICATION_LIMIT,
         )
-        return [Reply(reply, source, origin)]
-
-    def alternate_endpoint(self, local: Endpoint | None, change_ip: bool, change_port: bool) -> Endpoint | None:
-        """The beacon endpoint that differs from ``local`` in IP and/or port, if there is one."""
-        if local is None or self.primary_address is None or self.other_address is None:
-            return None
-        hosts = (self.primary_address.host, self.other_address.host)
-        ports = (self.primary_address.port, self.other_address.port)
-        if hosts[0] == hosts[1] or ports[0] == ports[1] or local.host not in hosts or local.port not in ports:
-            return None
-        host = hosts[1 - hosts.index(local.host)] if change_ip else local.host
-        port = ports[1 - ports.index(local.port)] if change_port else local.port
-        return Endpoint(host, port)
+        answer = responder.answer(data, source, local)
+        return [] if answer is None else [Reply(answer.data, answer.destination, answer.origin)]
 
     # -- pilot messages ------------------------------------------------------
 
     def _beacon_message(self, data, source):
         msg = msgs.decode(data)
-        handler = getattr(self, "_rx_" + type(msg).__name__, None)
+        handler = _HANDLERS.get(type(msg))
         if handler is None:
             self.counters["dropped_unexpected_type"] += 1
             return []
         self.counters["rx_" + type(msg).__name__] += 1
-        return handler(msg, source, len(data))
+        inbound = Inbound(source, len(data))
+        replies = handler(self, msg, inbound)
+        if inbound.record is not None and not inbound.validated:
+            # Signed, but from an address that has not shown it receives for
+            # this key: at most 3x what came from it, and a challenge.
+            replies = self.paths.answer(inbound.record, source, replies)
+        return replies
 
     def _unauthenticated_reply(self, reply, request_size, destination):
         data = msgs.encode(reply)
@@ -178,16 +196,20 @@ class BeaconServer:
             return []
         return [(data, destination)]
 
-    def _error(self, request, code, message, source, request_size, authenticated=False):
+    def _error(self, request, code, message, inbound, authenticated=False, retry_after=0):
         self.counters["error_" + code] += 1
-        reply = msgs.Error(request.request_id, code, message)
+        reply = msgs.Error(request.request_id, code, message, math.ceil(retry_after))
         if authenticated:
-            return [(msgs.encode(reply), source)]
-        return self._unauthenticated_reply(reply, request_size, source)
+            return [(msgs.encode(reply), inbound.source)]
+        return self._unauthenticated_reply(reply, inbound.size, inbound.source)
 
-    def _rx_Hello(self, msg, source, size):
-        reply = msgs.Challenge(msg.request_id, self.nonces.issue(source), self.relay_public, source)
-        return self._unauthenticated_reply(reply, size, source)
+    def _refusal(self, request, error: PilotError, inbound, authenticated=False):
+        retry_after = getattr(error, "retry_after", 0)
+        return self._error(request, error.code, error.message, inbound, authenticated, retry_after)
+
+    def _rx_hello(self, msg, inbound):
+        reply = msgs.Challenge(msg.request_id, self.nonces.issue(inbound.source), self.relay_public, inbound.source)
+        return self._unauthenticated_reply(reply, inbound.size, inbound.source)
 
     def _signature_ok(self, msg) -> bool:
         if verify_signature(msg.public_key, msgs.signed_bytes(msg), msg.signature):
@@ -195,15 +217,33 @@ class BeaconServer:
         self.counters["dropped_bad_signature"] += 1
         return False
 
-    def _rx_Register(self, msg, source, size):
+    def _proven(self, msg, inbound):
+        """For requests with a nonce: None if signed and fresh, else the error to send."""
         if not self._signature_ok(msg):
-            return self._error(msg, "refused", "bad signature", source, size)
-        problem = self.nonces.redeem(msg.nonce, source)
+            return self._error(msg, "refused", "bad signature", inbound)
+        problem = self.nonces.redeem(msg.nonce, inbound.source)
         if problem is not None:
             self.counters["dropped_bad_nonce"] += 1
-            return self._error(msg, "stale_nonce", problem, source, size)
+            return self._error(msg, "stale_nonce", problem, inbound)
+        return None
+
+    def _rx_register(self, msg, inbound):
+        refusal = self._proven(msg, inbound)
+        if refusal is not None:
+            return refusal
+        source = inbound.source
         try:
             check_hostname(msg.hostname)
+            if len(msg.lan_endpoints) > msgs.MAX_LAN_ENDPOINTS:
+                raise InvalidArgument(
+                    f"a node may advertise at most {msgs.MAX_LAN_ENDPOINTS} LAN endpoints, not {len(msg.lan_endpoints)}"
+                )
+            if not self.registry.check_name(msg.public_key, msg.hostname):
+                # A name this key does not hold yet: counted against its
+                # source, which the nonce has just proved.
+                wait = self.quotas.new_name(source.host)
+                if wait:
+                    raise RateLimited(f"too many new names registered from {source.host}", retry_after=wait)
             record = self.registry.register(
                 msg.public_key,
                 msg.hostname,
@@ -213,7 +253,7 @@ class BeaconServer:
                 seq=msg.seq,
             )
         except PilotError as e:
-            return self._error(msg, e.code, e.message, source, size)
+            return self._refusal(msg, e, inbound)
         try:
             record.relay_key = relay.relay_key(
                 self._relay_private, x25519_from_ed25519_public(msg.public_key), msg.public_key, self.relay_public
@@ -237,36 +277,57 @@ class BeaconServer:
         )
         return [(msgs.encode(reply), source)]
 
-    def _authenticate(self, msg, source, size):
+    def _rx_release(self, msg, inbound):
+        refusal = self._proven(msg, inbound)
+        if refusal is not None:
+            return refusal
+        if not self.registry.release(msg.public_key, msg.hostname):
+            return self._error(msg, "not_found", f"this key holds no name {msg.hostname!r}", inbound)
+        self.visibility.forget(msg.public_key)
+        self.log.info("released {name} at its owner's request", name=msg.hostname)
+        return self._unauthenticated_reply(msgs.Ok(msg.request_id), inbound.size, inbound.source)
+
+    def _authenticate(self, msg, inbound):
         """The sender's live record, or the error datagrams to send instead."""
         record = self.registry.get(msg.public_key)
         if record is None:
-            return None, self._error(msg, "not_registered", "register first", source, size)
+            return None, self._error(msg, "not_registered", "register first", inbound)
         if not self._signature_ok(msg):
-            return None, self._error(msg, "refused", "bad signature", source, size)
+            return None, self._error(msg, "refused", "bad signature", inbound)
         if not record.accept_seq(msg.seq):
             self.counters["dropped_replay"] += 1
-            return None, self._error(msg, "replay", "request seen before", source, size)
-        self.registry.touch(record, source)
+            return None, self._error(msg, "replay", "request seen before", inbound)
+        self.registry.touch(record)
+        inbound.record = record
+        inbound.validated = self.paths.arrived(record, inbound.source, inbound.size)
+        wait = self.quotas.request(record)
+        if wait:
+            return None, self._error(msg, "rate_limited", "too many requests from this key", inbound, True, wait)
         return record, None
 
-    def _rx_Keepalive(self, msg, source, size):
-        record, refusal = self._authenticate(msg, source, size)
+    def _rx_keepalive(self, msg, inbound):
+        record, refusal = self._authenticate(msg, inbound)
         if record is None:
             return refusal
-        self.mailbox.recipient_online(record)
-        return [(msgs.encode(msgs.KeepaliveAck(msg.request_id, source)), source)]
+        return [(msgs.encode(msgs.KeepaliveAck(msg.request_id, inbound.source)), inbound.source)]
 
-    def _rx_Unregister(self, msg, source, size):
-        record, refusal = self._authenticate(msg, source, size)
+    def _rx_path_response(self, msg, inbound):
+        record, refusal = self._authenticate(msg, inbound)
+        if record is None:
+            return refusal
+        inbound.validated = self.paths.responded(record, inbound.source, msg.token)
+        return []
+
+    def _rx_unregister(self, msg, inbound):
+        record, refusal = self._authenticate(msg, inbound)
         if record is None:
             return refusal
         self.registry.remove(record.public_key)
         self.log.info("unregistered {name}", name=record.hostname)
-        return [(msgs.encode(msgs.Ok(msg.request_id)), source)]
+        return [(msgs.encode(msgs.Ok(msg.request_id)), inbound.source)]
 
-    def _rx_Lookup(self, msg, source, size):
-        requester, refusal = self._authenticate(msg, source, size)
+    def _rx_lookup(self, msg, inbound):
+        requester, refusal = self._authenticate(msg, inbound)
         if requester is None:
             return refusal
         target = None
@@ -278,7 +339,7 @@ class BeaconServer:
         except (InvalidArgument, UnicodeDecodeError):
             target = None
         if target is None or not self.visible(target, requester):
-            return self._error(msg, "not_found", "no such node is visible to you", source, size, authenticated=True)
+            return self._error(msg, "not_found", "no such node is visible to you", inbound, authenticated=True)
         reply = msgs.LookupResult(
             msg.request_id,
             target.hostname,
@@ -287,65 +348,65 @@ class BeaconServer:
             msgs.FLAG_PUBLIC if target.public else 0,
             target.endpoints(),
         )
-        return [(msgs.encode(reply), source)]
+        return [(msgs.encode(reply), inbound.source)]
 
     # -- trust: mail between nodes, and visibility lists ------------------------
 
-    def _post(self, msg, sender, recipient, dedup_key, source, size, expires_at=0):
+    def _post(self, msg, sender, recipient, dedup_key, inbound, expires_at=0):
         try:
             self.mailbox.post(sender.public_key, recipient, msgs.encode(msg), dedup_key, expires_at)
         except PilotError as e:
-            return self._error(msg, e.code, e.message, source, size, authenticated=True)
-        return [(msgs.encode(msgs.Ok(msg.request_id)), source)]
+            return self._refusal(msg, e, inbound, authenticated=True)
+        return [(msgs.encode(msgs.Ok(msg.request_id)), inbound.source)]
 
-    def _rx_HandshakeRequest(self, msg, source, size):
-        requester, refusal = self._authenticate(msg, source, size)
+    def _rx_handshake_request(self, msg, inbound):
+        requester, refusal = self._authenticate(msg, inbound)
         if requester is None:
             return refusal
         if msg.hostname != requester.hostname:
-            return self._error(msg, "invalid_argument", "hostname is not the one you registered", source, size, True)
+            return self._error(msg, "invalid_argument", "hostname is not the one you registered", inbound, True)
         if msg.by_address:
             if len(msg.target) != 8:
-                return self._error(msg, "invalid_argument", "an address is 8 bytes", source, size, True)
+                return self._error(msg, "invalid_argument", "an address is 8 bytes", inbound, True)
             recipient = ("address", msg.target)
         else:
             try:
                 recipient = ("name", check_hostname(msg.target.decode("utf-8")))
             except (InvalidArgument, UnicodeDecodeError):
-                return self._error(msg, "invalid_argument", "bad target hostname", source, size, True)
+                return self._error(msg, "invalid_argument", "bad target hostname", inbound, True)
         if recipient in (("name", requester.hostname), ("address", requester.address.to_bytes())):
-            return self._error(msg, "invalid_argument", "a node cannot ask itself for trust", source, size, True)
+            return self._error(msg, "invalid_argument", "a node cannot ask itself for trust", inbound, True)
         dedup = ("handshake", msg.handshake_id)
-        return self._post(msg, requester, recipient, dedup, source, size, msg.expires_at)
+        return self._post(msg, requester, recipient, dedup, inbound, msg.expires_at)
 
-    def _rx_HandshakeAnswer(self, msg, source, size):
-        answerer, refusal = self._authenticate(msg, source, size)
+    def _rx_handshake_answer(self, msg, inbound):
+        answerer, refusal = self._authenticate(msg, inbound)
         if answerer is None:
             return refusal
         dedup = ("answer", msg.handshake_id, msg.requester_key)
-        return self._post(msg, answerer, ("key", msg.requester_key), dedup, source, size)
+        return self._post(msg, answerer, ("key", msg.requester_key), dedup, inbound)
 
-    def _rx_Revoke(self, msg, source, size):
-        revoker, refusal = self._authenticate(msg, source, size)
+    def _rx_revoke(self, msg, inbound):
+        revoker, refusal = self._authenticate(msg, inbound)
         if revoker is None:
             return refusal
-        return self._post(msg, revoker, ("key", msg.peer_key), ("revoke",), source, size)
+        return self._post(msg, revoker, ("key", msg.peer_key), ("revoke",), inbound)
 
-    def _rx_MailAck(self, msg, source, size):
-        recipient, refusal = self._authenticate(msg, source, size)
+    def _rx_mail_ack(self, msg, inbound):
+        recipient, refusal = self._authenticate(msg, inbound)
         if recipient is None:
             return refusal
         # No reply: a lost ack only means one more push, which is acked again.
         self.mailbox.acked(recipient.public_key, msg.mail_id)
         return []
 
-    def _rx_SetVisibility(self, msg, source, size):
-        owner, refusal = self._authenticate(msg, source, size)
+    def _rx_set_visibility(self, msg, inbound):
+        owner, refusal = self._authenticate(msg, inbound)
         if owner is None:
             return refusal
         if not self.visibility.offer(owner.public_key, msg.version, msg.chunk, msg.chunks, msg.keys):
-            return self._error(msg, "invalid_argument", "visibility list too long", source, size, True)
-        return [(msgs.encode(msgs.Ok(msg.request_id)), source)]
+            return self._error(msg, "invalid_argument", "visibility list too long", inbound, True)
+        return [(msgs.encode(msgs.Ok(msg.request_id)), inbound.source)]
 
     # -- relay -------------------------------------------------------------
 
@@ -361,15 +422,20 @@ class BeaconServer:
         if not sender.relay_window.accept(frame.counter):
             self.counters["relay_dropped_replay"] += 1
             return []
-        self.registry.touch(sender, source)
+        self.registry.touch(sender)
+        out = []
+        if not self.paths.arrived(sender, source, len(data)):
+            out = self.paths.answer(sender, source, [])
         destination = self.registry.find_by_address(Address.from_bytes(frame.destination))
         if destination is None or not self.relay_allowed(sender, destination):
             self.counters["relay_dropped_no_destination"] += 1
-            return []
+            return out
+        if not self.quotas.relay(sender, destination.public_key, len(frame.payload)):
+            return out
         self.counters["relayed_frames"] += 1
         self.counters["relayed_bytes"] += len(frame.payload)
-        out = relay.encode_from_beacon(relay.RelayFromBeacon(frame.sender, frame.payload))
-        return [(out, destination.endpoint)]
+        forward = relay.encode_from_beacon(relay.RelayFromBeacon(frame.sender, frame.payload))
+        return [(forward, destination.endpoint)] + out
 
     def relay_allowed(self, sender, destination) -> bool:
         """Carry frames only to nodes that would let the sender find them."""
@@ -383,7 +449,26 @@ class BeaconServer:
         return self.visibility.allows(target.public_key, requester.public_key)
 
     def expire(self) -> None:
-        dropped = self.registry.expire()
+        dropped, freed = self.registry.expire()
         if dropped:
             self.counters["expired"] += dropped
+        for key in freed:
+            self.counters["names_freed"] += 1
+            self.visibility.forget(key)
         self.mailbox.expire()
+
+
+_HANDLERS = {
+    msgs.Hello: BeaconServer._rx_hello,
+    msgs.Register: BeaconServer._rx_register,
+    msgs.ReleaseName: BeaconServer._rx_release,
+    msgs.Keepalive: BeaconServer._rx_keepalive,
+    msgs.PathResponse: BeaconServer._rx_path_response,
+    msgs.Unregister: BeaconServer._rx_unregister,
+    msgs.Lookup: BeaconServer._rx_lookup,
+    msgs.HandshakeRequest: BeaconServer._rx_handshake_request,
+    msgs.HandshakeAnswer: BeaconServer._rx_handshake_answer,
+    msgs.Revoke: BeaconServer._rx_revoke,
+    msgs.MailAck: BeaconServer._rx_mail_ack,
+    msgs.SetVisibility: BeaconServer._rx_set_visibility,
+}

@@ -7,23 +7,32 @@ can tell how their NAT maps and filters (RFC 5780).  With both, the beacon
 listens on all four address x port combinations and answers a STUN
 CHANGE-REQUEST from the socket it asks for; ``--alt-address`` then needs a
 concrete ``--interface`` (the primary address).
+
+``--state-dir`` keeps names, visibility lists and mail in SQLite
+(:mod:`pilotproto.beacon.store`), written once a second and when the beacon
+stops; without it the beacon remembers nothing across a restart and says so
+in its log.  ``limits`` (:class:`~pilotproto.beacon.limits.Limits`) are the
+quotas of ``docs/security.md``.
 """
 
 from __future__ import annotations
 
 from twisted.application import internet, service
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from ..errors import InvalidArgument
 from ..wire import Endpoint
 from .protocol import BeaconDatagramProtocol
 from .server import BeaconServer
+from .store import FLUSH_INTERVAL, MemoryStore, SQLiteStore
 from .tls import TLSListenerService, server_tls_options
 
 
 class _ExpiryService(service.Service):
-    def __init__(self, server, interval):
+    def __init__(self, reactor, server, interval):
         self._loop = LoopingCall(server.expire)
+        self._loop.clock = reactor
         self._interval = interval
 
     def startService(self):
@@ -36,19 +45,64 @@ class _ExpiryService(service.Service):
         return super().stopService()
 
 
+class _StoreService(service.Service):
+    """Writes the store's queued changes every ``FLUSH_INTERVAL`` s, off the datagram path."""
+
+    log = Logger()
+
+    def __init__(self, reactor, store):
+        self.store = store
+        self._loop = LoopingCall(self._flush)
+        self._loop.clock = reactor
+
+    def _flush(self):
+        try:
+            self.store.flush()
+        except Exception:
+            # A full disk must not stop the beacon: the batch is kept and retried.
+            self.log.failure("cannot write the beacon's state; retrying")
+
+    def startService(self):
+        super().startService()
+        if isinstance(self.store, MemoryStore):
+            self.log.warn("no --state-dir: names, visibility lists and mail will not survive a restart")
+        self._loop.start(FLUSH_INTERVAL, now=False)
+
+    def stopService(self):
+        if self._loop.running:
+            self._loop.stop()
+        self.store.close()
+        return super().stopService()
+
+
 class _UDPService(internet.UDPServer):
     """A UDPServer whose port is visible once started (tests bind port 0)."""
 
 
 class BeaconService(service.MultiService):
-    def __init__(self, reactor, interface="0.0.0.0", port=9000, alt_port=None, alt_address=None, tls_port=None, tls_cert=None, tls_key=None):
+    def __init__(
+        self,
+        reactor,
+        interface="0.0.0.0",
+        port=9000,
+        alt_port=None,
+        alt_address=None,
+        tls_port=None,
+        tls_cert=None,
+        tls_key=None,
+        state_dir=None,
+        limits=None,
+    ):
         super().__init__()
         self.reactor = reactor
         _check_alternates(interface, port, alt_port, alt_address)
         primary = other = None
         if alt_port is not None and alt_address is not None:
             primary, other = Endpoint(interface, port), Endpoint(alt_address, alt_port)
-        self.server = BeaconServer(reactor, other_address=other, primary_address=primary)
+        store = SQLiteStore(state_dir) if state_dir else MemoryStore()
+        # First child: it stops last, so its final flush sees every change.
+        _StoreService(reactor, store).setServiceParent(self)
+        self.server = BeaconServer(reactor, other_address=other, primary_address=primary, limits=limits, store=store)
         #: every socket by the endpoint it answers from (CHANGE-REQUEST routing)
         self.sockets: dict[Endpoint, BeaconDatagramProtocol] = {}
         self.protocol = BeaconDatagramProtocol(self.server, _local(interface, port), self.sockets)
@@ -69,7 +123,7 @@ class BeaconService(service.MultiService):
         if tls_port is not None:
             self.tls = _tls_listener(reactor, self.server, interface, tls_port, tls_cert, tls_key)
             self.tls.setServiceParent(self)
-        _ExpiryService(self.server, 5).setServiceParent(self)
+        _ExpiryService(reactor, self.server, 5).setServiceParent(self)
 
     @property
     def port(self) -> int:

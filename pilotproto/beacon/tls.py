@@ -20,6 +20,7 @@ keepalive, within seconds).
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import attrs
@@ -43,6 +44,10 @@ from ..wire.framing import FrameDecoder, encode_frame
 IDLE_TIMEOUT = 60.0
 #: frames this beacon accepts: well above any pilot datagram (~1.5 kB)
 MAX_FRAME = 4096
+#: open connections accepted in all and from one address: a connection is
+#: state a stranger makes before proving anything, so it is bounded
+MAX_CONNECTIONS = 10_000
+MAX_CONNECTIONS_PER_ADDRESS = 64
 
 
 @attrs.frozen(order=True)
@@ -129,6 +134,9 @@ class BeaconStreamProtocol(Protocol, TimeoutMixin):
         self.open = False
         self.setTimeout(None)
         self.server.counters["tls_disconnections"] += 1
+        factory = getattr(self, "factory", None)
+        if factory is not None:
+            factory.released(self)
 
     # IPushProducer: the transport tells us when its buffer is full.
     def pauseProducing(self):
@@ -142,14 +150,36 @@ class BeaconStreamProtocol(Protocol, TimeoutMixin):
 
 
 class BeaconStreamFactory(Factory):
-    def __init__(self, server):
+    def __init__(self, server, max_connections: int = MAX_CONNECTIONS, per_address: int = MAX_CONNECTIONS_PER_ADDRESS):
         self.server = server
+        self.max_connections = max_connections
+        self.per_address = per_address
         self._serials = itertools.count(1)
+        self._open: collections.Counter = collections.Counter()
+        self._total = 0
 
     def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if self._total >= self.max_connections or (host is not None and self._open[host] >= self.per_address):
+            # None: Twisted closes the connection at once.
+            self.server.counters["tls_refused_too_many"] += 1
+            return None
         protocol = BeaconStreamProtocol(self.server, next(self._serials))
         protocol.factory = self
+        protocol.counted_host = host
+        self._total += 1
+        if host is not None:
+            self._open[host] += 1
         return protocol
+
+    def released(self, protocol) -> None:
+        """``protocol``'s connection is gone: it no longer counts."""
+        self._total -= 1
+        host = protocol.counted_host
+        if host is not None:
+            self._open[host] -= 1
+            if self._open[host] <= 0:
+                del self._open[host]
 
 
 def server_tls_options(cert_file: str, key_file: str) -> CertificateOptions:

@@ -7,20 +7,27 @@ exceeds ~1100 bytes.  The beacon installs a version once it holds every
 chunk of it, and only a version newer than the one installed, so a chunk
 replayed from an older upload cannot shrink or grow today's list.  The
 beacon stores exactly what the node signed: it has no way to add a key.
+
+Installed lists go to the beacon's store (:mod:`pilotproto.beacon.store`),
+so a restart does not make every private node invisible to the nodes it
+trusts; a list is forgotten with its owner's name.
 """
 
 from __future__ import annotations
 
+from ..common.wiring import check_provides
 from ..wire.beacon import VISIBILITY_CHUNK_KEYS
+from .store import IBeaconStore, MemoryStore, VisibilityRow
 
 #: A node may let at most this many keys find it (bounds the beacon's memory).
 MAX_KEYS = 4096
 
 
 class VisibilityLists:
-    def __init__(self, counters, max_keys: int = MAX_KEYS):
+    def __init__(self, counters, max_keys: int = MAX_KEYS, store=None):
         self._counters = counters
         self.max_keys = max_keys
+        self._store = check_provides(store if store is not None else MemoryStore(), IBeaconStore, "VisibilityLists store")
         self._installed: dict[bytes, tuple[int, frozenset]] = {}
         #: owner -> (version, chunks, {chunk: keys}) while an upload is incomplete
         self._assembling: dict[bytes, tuple[int, int, dict]] = {}
@@ -47,8 +54,20 @@ class VisibilityLists:
             del self._assembling[owner]
             allowed = frozenset(k for part in current[2].values() for k in part)
             self._installed[owner] = (version, allowed)
+            self._store.put_visibility(VisibilityRow(owner, version, allowed))
             self._counters["visibility_installed"] += 1
         return True
+
+    def restore(self, rows) -> None:
+        """Take back the lists a store kept (at start)."""
+        for row in rows:
+            self._installed[row.owner] = (row.version, frozenset(row.keys))
+
+    def forget(self, owner: bytes) -> None:
+        """``owner`` holds no name any more: its list goes too."""
+        self._assembling.pop(owner, None)
+        if self._installed.pop(owner, None) is not None:
+            self._store.delete_visibility(owner)
 
     def allows(self, owner: bytes, viewer: bytes) -> bool:
         entry = self._installed.get(owner)

@@ -13,9 +13,11 @@ tests can run the waiting loops without waiting.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,12 +31,15 @@ from ..errors import (
     AlreadyRunning,
     InvalidArgument,
     NotRunning,
+    PermissionDenied,
     PilotError,
     StateError,
     Timeout,
     Unavailable,
 )
 from ..node.config import CONTROL_SOCKET, LOG_FILE, PID_FILE, NodeConfig
+from ..node.udp import PortInUse
+from ..tap import parse_start_error
 
 TWISTD_BOOTSTRAP = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 DEFAULT_START_TIMEOUT = 10.0
@@ -186,9 +191,12 @@ class Launch:
 
 
 def prepare_start(home: str, hostname=None, beacon=None, public=None, port=None, auto_approve=None, **beacon_tls) -> NodeConfig:
-    """Check nothing runs for ``home``, merge and save the settings, make sure the identity loads.
+    """Check nothing runs for ``home``, merge the settings, make sure the identity loads and the port is free.
 
-    ``beacon_tls`` takes ``beacon_tls``, ``beacon_ca`` and ``beacon_fingerprint``."""
+    ``beacon_tls`` takes ``beacon_tls``, ``beacon_ca`` and ``beacon_fingerprint``.
+    Nothing is saved: the daemon gets the settings on its command line, and
+    :func:`start_daemon` saves them once it has registered, so a failed
+    start leaves ``config.json`` as it was."""
     config = NodeConfig.load(home).merged(
         hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve, **beacon_tls
     )
@@ -206,8 +214,32 @@ def prepare_start(home: str, hostname=None, beacon=None, public=None, port=None,
     # Load (or make) the identity here so a corrupt key file is reported by
     # this command, not buried in the daemon log.
     identity.load_or_create(home)
-    config.save(home)
+    check_udp_port_free(config.port)
     return config
+
+
+def check_udp_port_free(port: int) -> None:
+    """Fail now, with a hint, if the daemon could not bind ``port`` (0: any port, always free).
+
+    The daemon would fail the same way, but only in its log; a program may
+    still take the port between this check and the daemon's bind, and then
+    the daemon's own one-line error is reported (:func:`_died`)."""
+    if not port:
+        return
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.bind(("", port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"UDP port {port} is in use by another program",
+                hint=f"Choose another --port, or --port 0 for any free port (nothing was saved). To see who has it: ss -ulpn 'sport = :{port}'",
+            ) from None
+        if e.errno == errno.EACCES:
+            raise PermissionDenied(f"UDP port {port} needs root", hint="Choose a port above 1023, or --port 0 for any.") from None
+        raise PilotError(f"cannot use UDP port {port}: {e.strerror}") from None
+    finally:
+        probe.close()
 
 
 def ensure_not_running(home: str) -> None:
@@ -225,10 +257,28 @@ def socket_is_live_quietly(path: str) -> bool:
         return False
 
 
+def node_arguments(home: str, config: NodeConfig) -> list[str]:
+    """``twistd pilot node`` options carrying every setting of ``config``.
+
+    The daemon runs with these before they are saved: they reach
+    ``config.json`` only once it has registered."""
+    args = ["--home", home, "--hostname", config.hostname, "--beacon", config.beacon, "--port", str(config.port)]
+    args.append("--public" if config.public else "--private")
+    args.append("--auto-approve" if config.auto_approve else "--no-auto-approve")
+    for flag, value in (
+        ("--beacon-tls", config.beacon_tls),
+        ("--beacon-ca", config.beacon_ca),
+        ("--beacon-fingerprint", config.beacon_fingerprint),
+    ):
+        if value is not None:
+            args += [flag, value]
+    return args
+
+
 def spawn_node(home: str, config: NodeConfig) -> Launch:
     os.makedirs(home, mode=0o700, exist_ok=True)
     argv = twistd_argv(
-        os.path.join(home, PID_FILE), os.path.join(home, LOG_FILE), "pilot", "node", "--home", home
+        os.path.join(home, PID_FILE), os.path.join(home, LOG_FILE), "pilot", "node", *node_arguments(home, config)
     )
     return Launch(home, config, spawn_twistd(argv, os.path.join(home, LOG_FILE), cwd=home))
 
@@ -290,13 +340,23 @@ def _end_process(process) -> None:
 
 def _died(launch: Launch, exit_code: int) -> PilotError:
     tail = log_tail(launch.log_path)
+    # A start the daemon refused (port in use, a second daemon, a bad
+    # option) is one line in its log (pilotproto.tap): report that error.
+    for line in reversed(tail.splitlines()):
+        error = parse_start_error(line)
+        if error is not None:
+            error.message = f"the daemon could not start: {error.message}"
+            error.args = (error.message,)
+            error.hint = " ".join(filter(None, [error.hint, "Nothing was saved."]))
+            return error
     message = f"the daemon exited (code {exit_code}) before registering"
     if tail:
         message += ":\n" + tail
-    return Unavailable(message, hint=f"The full log is {launch.log_path}")
+    return Unavailable(message, hint=f"The full log is {launch.log_path}; nothing was saved.")
 
 
 def _still_trying(launch: Launch, info, timeout: float) -> PilotError:
+    advice = ""
     if info is None:
         what = "its control socket did not come up"
     else:
@@ -304,9 +364,11 @@ def _still_trying(launch: Launch, info, timeout: float) -> PilotError:
         error = info.get("beacon_error")
         if isinstance(error, dict) and error.get("message"):
             what += f" (last beacon error: {error['message']})"
+            advice = f"{error['hint']} " if error.get("hint") else ""
     return Timeout(
         f"the daemon (pid {launch.process.pid}) is running but {what} within {timeout:g} s; it keeps trying in the background",
-        hint=f"Check 'pilotctl daemon status' and the log {launch.log_path}",
+        hint=f"{advice}Check 'pilotctl daemon status', 'pilotctl netcheck' and the log {launch.log_path}. "
+        "The settings are saved only by a start that registers.",
     )
 
 
@@ -326,7 +388,10 @@ def start_daemon(
         home, hostname=hostname, beacon=beacon, public=public, port=port, auto_approve=auto_approve,
         beacon_tls=beacon_tls, beacon_ca=beacon_ca, beacon_fingerprint=beacon_fingerprint,
     )
-    return wait_until_registered(spawn_node(home, config), timeout)
+    info = wait_until_registered(spawn_node(home, config), timeout)
+    # Only now: the settings worked, so they become the saved ones.
+    config.save(home)
+    return info
 
 
 # -- stop and status ---------------------------------------------------------

@@ -5,7 +5,11 @@ Every command is a ``run_*`` function returning a result dict and a
 ``render_*`` function turning that dict into a few lines for a person.
 ``--json`` prints the dict instead, as ``{"status": "ok", "data": ...}``;
 any PilotError becomes ``{"status": "error", "code", "message", "hint"}``.
-Exit codes: 0 success, 1 failure, 2 invalid argument or usage, 130 interrupted.
+A command that ran but did not do what it was asked (a failed lab pair, a
+node that is not registered) raises :class:`~.output.CommandFailed`: the
+error plus what it found (``"data"``).  Exit codes (docs/cli.md): 0
+success, 1 failure, 2 invalid argument or usage, 3 no daemon running, 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -15,19 +19,21 @@ import base64
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import attrs
 
 from .. import __version__, identity
 from ..control.client import ControlClient
-from ..errors import InvalidArgument, PilotError
+from ..errors import InvalidArgument, NotRegistered, PilotError
 from ..identity.keys import KEY_FILE
 from ..common.names import check_hostname, check_target
 from ..node.config import NodeConfig, resolve_home
+from ..trust.store import TRUST_FILE
 from . import daemon as daemon_control
-from . import lab_commands, session_commands, stream_commands
-from .output import Output, interrupted, render_lookup, usage_error
+from . import lab_commands, names, session_commands, status_commands, stream_commands
+from .output import CommandFailed, Output, duration, interrupted, render_lookup, usage_error
 from .trust import add_trust_commands
 
 
@@ -60,26 +66,54 @@ def run_init(args, ctx: Context) -> dict:
         hostname=args.hostname, beacon=args.beacon, public=args.public, auto_approve=args.auto_approve
     )
     created = not os.path.lexists(os.path.join(ctx.home, KEY_FILE))
+    # State left by a node whose key is gone: without --force this raises
+    # identity_missing (restore the key instead); with it we start over.
+    orphaned = identity.orphaned_state(ctx.home)
     os.makedirs(ctx.home, mode=0o700, exist_ok=True)
-    me = identity.load_or_create(ctx.home)
+    me = identity.load_or_create(ctx.home, start_over=args.force)
+    moved = _move_old_trust_aside(ctx.home) if orphaned else None
     config.save(ctx.home)
     return {
         "home": ctx.home,
         "address": str(me.address),
         "public_key": _b64(me.public_key),
+        "fingerprint": identity.fingerprint(me.public_key),
         "hostname": config.hostname,
         "beacon": config.beacon,
         "public": config.public,
         "auto_approve": config.auto_approve,
         "created": created,
+        "started_over": bool(orphaned),
+        "old_trust_moved_to": moved,
     }
+
+
+def _move_old_trust_aside(home: str) -> str | None:
+    """The old key's trust store is not the new key's: who trusted whom, the
+    requests and answers in flight, all name the old address.  Kept, renamed,
+    for the operator to read; the new identity starts with none."""
+    path = os.path.join(home, TRUST_FILE)
+    if not os.path.lexists(path):
+        return None
+    aside = f"{path}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"
+    os.replace(path, aside)
+    return aside
 
 
 def render_init(data: dict) -> str:
     verb = "Created" if data["created"] else "Updated"
-    lines = [
+    lines = []
+    if data.get("started_over"):
+        lines += [
+            f"Started over as a NEW address {data['address']}: the old identity was missing.",
+            "Peers that trusted the old address must approve this one (pilotctl handshake PEER \"reason\").",
+        ]
+        if data.get("old_trust_moved_to"):
+            lines.append(f"The old trust list was moved to {data['old_trust_moved_to']}.")
+    lines += [
         f"{verb} {data['home']}",
         f"Address:  {data['address']}",
+        f"Key:      {data.get('fingerprint', '')}",
         f"Hostname: {data['hostname']}",
         f"Beacon:   {data['beacon'] or '(none yet: pass --beacon HOST:PORT to daemon start)'}",
         f"Visible:  {'public (anyone can look it up)' if data['public'] else 'private (only trusted nodes can look it up)'}",
@@ -134,27 +168,29 @@ def render_daemon_stop(data: dict) -> str:
 
 
 def run_daemon_status(args, ctx: Context) -> dict:
-    return daemon_control.daemon_status(ctx.home)
+    data = daemon_control.daemon_status(ctx.home)
+    if not data.get("registered"):
+        # Running is not enough: a node the beacon does not know reaches nobody.
+        raise CommandFailed(_not_registered(data), data)
+    return data
+
+
+def _not_registered(data: dict) -> PilotError:
+    error = data.get("beacon_error") if isinstance(data.get("beacon_error"), dict) else {}
+    why = f": {error['message']}" if error.get("message") else ""
+    return NotRegistered(
+        f"the daemon runs but is not registered with the beacon {data.get('beacon')}{why}",
+        hint=error.get("hint") or f"It keeps trying. See the log {data.get('log')}; check the beacon with: pilotctl netcheck",
+    )
 
 
 def render_daemon_status(data: dict) -> str:
-    head = f"Daemon running (pid {data.get('pid')}), up {_duration(data.get('uptime_s'))}"
+    head = f"Daemon running (pid {data.get('pid')}), up {duration(data.get('uptime_s'))}"
     if data.get("registered"):
         body = f"Registered as {data.get('hostname')} ({data.get('address')}) with beacon {data.get('beacon')}"
     else:
         body = f"Not registered yet with beacon {data.get('beacon')}; see {data.get('log')}"
     return f"{head}\n{body}"
-
-
-def _duration(seconds) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "?"
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 # -- info and lookup ---------------------------------------------------------------
@@ -190,7 +226,7 @@ def render_info(data: dict) -> str:
             continue
         value = data[key]
         if key == "uptime_s":
-            value = _duration(value)
+            value = duration(value)
         elif isinstance(value, bool):
             value = "yes" if value else "no"
         elif value is None:
@@ -256,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = _subcommand(commands, "init", "create the identity and save settings", run_init, render_init)
     init.add_argument("--hostname", required=True, metavar="NAME", help="this node's name")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="start over as a NEW address when this home's identity.json is missing (it never replaces one that exists)",
+    )
     _node_settings(init)
 
     daemon = commands.add_parser("daemon", help="start, stop or check the background daemon")
@@ -276,9 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     _subcommand(commands, "info", "this node's address, name, endpoints", run_info, render_info)
     lookup = _subcommand(commands, "lookup", "ask the beacon about a node", run_lookup, render_lookup)
     lookup.add_argument("target", metavar="NAME_OR_ADDRESS")
+    status_commands.add_commands(commands, _subcommand)
     add_trust_commands(commands, _subcommand)
     session_commands.add_commands(commands, _subcommand)
     stream_commands.add_commands(commands, _subcommand)
+    names.add_commands(commands, _subcommand)
     lab_commands.add_commands(commands, _subcommand, _global_options)
     demo = _subcommand(commands, "demo", "a two-agent tour on this machine, cleaned up afterwards", run_demo, None)
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) afterwards")
@@ -302,7 +345,10 @@ def main(argv: list[str] | None = None, stdout=None, stderr=None) -> int:
         except SystemExit as e:  # --help and --version
             return e.code if isinstance(e.code, int) else 0
         ctx = Context(home=resolve_home(args.home), out=out)
-        data = args.run(args, ctx)
+        try:
+            data = args.run(args, ctx)
+        except CommandFailed as e:
+            return out.failure(e.error, e.data, args.render(e.data) if args.render else None)
         return out.success(data, args.render(data) if args.render else None)
     except PilotError as e:
         return out.failure(e)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..common.names import check_target
 from ..control.client import ControlClient
 from ..errors import InvalidArgument, Timeout
+from .output import CommandFailed
 
 #: the control call may take as long as the pings, plus a tunnel handshake
 HANDSHAKE_ALLOWANCE = 12.0
@@ -26,10 +27,11 @@ def run_ping(args, ctx) -> dict:
         payload=args.payload or "",
     )
     if data["received"] == 0:
-        raise Timeout(
+        error = Timeout(
             f"no replies from {data['target']} ({data['sent']} sent)",
             hint="The session is up but pings are lost; check the peer's daemon log.",
         )
+        raise CommandFailed(error, data)
     return data
 
 
@@ -70,7 +72,12 @@ def run_peers(args, ctx) -> dict:
 def render_peers(data: dict) -> str:
     peers = data["peers"]
     if not peers:
-        return "No sessions yet. Try: pilotctl ping PEER"
+        return "No sessions. Start one with: pilotctl ping PEER"
+    return peers_table(peers)
+
+
+def peers_table(peers: list[dict]) -> str:
+    """One row per session: name, address, state, path tier, endpoint, RTT, traffic."""
     rows = [("PEER", "ADDRESS", "STATE", "PATH", "ENDPOINT", "RTT", "SENT", "RECEIVED")]
     for p in peers:
         rtt = f"{p['rtt_ms']:.1f}ms" if p.get("rtt_ms") is not None else "-"

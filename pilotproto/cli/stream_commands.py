@@ -20,6 +20,7 @@ from ..errors import InvalidArgument, NotFound, ProtocolError, Timeout
 from ..node.inbox import INBOX_PORT, MAX_MESSAGE, encode_header, parse_reply
 from ..common.names import check_port
 from ..node.services import ECHO_PORT
+from .output import Progress
 
 MIB = 1024 * 1024
 #: the most a command collects from a stream to print
@@ -148,6 +149,8 @@ def run_recv(args, ctx) -> dict:
         raise InvalidArgument("--count must be from 1 to 1000")
     if args.port == INBOX_PORT:
         timeout = args.timeout if args.timeout is not None else 0.0
+        # The daemon waits up to --timeout for --count messages (at most), and
+        # fails with a timeout only when none came.
         return {"port": port, **ControlClient(ctx.home).request(
             "recv", {"count": args.count, "timeout": timeout}, timeout=timeout + 10)}
     count = args.count or 1
@@ -193,28 +196,6 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-class _Progress:
-    """A one-line progress bar on a terminal; silent elsewhere."""
-
-    def __init__(self, stream, total: int, enabled: bool, clock=time.monotonic):
-        self._stream, self._total, self._enabled, self._clock = stream, max(total, 1), enabled, clock
-        self._started = clock()
-        self._shown = 0.0
-
-    def update(self, done: int, final: bool = False) -> None:
-        now = self._clock()
-        if not self._enabled or (not final and now - self._shown < 0.1):
-            return
-        self._shown = now
-        fraction = done / self._total
-        rate = done / max(now - self._started, 1e-6) / MIB
-        bar = "#" * int(fraction * 30)
-        self._stream.write(f"\r[{bar:<30}] {fraction:4.0%} {done / MIB:8.1f} MiB {rate:7.1f} MiB/s")
-        if final:
-            self._stream.write("\n")
-        self._stream.flush()
-
-
 def run_send_file(args, ctx) -> dict:
     peer = _target(args.peer)
     path = args.path
@@ -223,7 +204,7 @@ def run_send_file(args, ctx) -> dict:
     size = os.path.getsize(path)
     name = args.name if args.name else os.path.basename(path)  # the receiver checks it
     digest = _file_digest(path)
-    progress = _Progress(sys.stderr, size, sys.stderr.isatty() and not ctx.out.json_mode)
+    progress = Progress(ctx.out.progress_stream(), size, label=f"to {peer}")
     started = time.monotonic()
     with ControlClient(ctx.home).open_stream(peer, INBOX_PORT, timeout=args.timeout + 30) as stream:
         stream.sock.settimeout(args.timeout)
@@ -235,12 +216,13 @@ def run_send_file(args, ctx) -> dict:
                     stream.sendall(chunk)
                     sent += len(chunk)
                     progress.update(sent)
-            progress.update(sent, final=True)
             stream.finish_sending()
         except socket.timeout:
             raise Timeout(f"{peer} took no data for {args.timeout:g} s") from None
         except (BrokenPipeError, ConnectionResetError):
             pass  # the receiver stopped us early; its answer says why
+        finally:
+            progress.done()
         reply = parse_reply(stream.read_line(args.timeout))
     seconds = time.monotonic() - started
     if reply.get("sha256") != digest or reply.get("size") != size:
@@ -272,8 +254,12 @@ def run_bench(args, ctx) -> dict:
         raise InvalidArgument("--size-mb must be from 1 to 4096")
     total = int(args.size_mb * MIB)
     block = os.urandom(MIB)
+    progress = Progress(ctx.out.progress_stream(), total, bits=True, label=f"echo {peer}")
     with ControlClient(ctx.home).open_stream(peer, ECHO_PORT) as stream:
-        timings = _echo(stream, block, total, args.timeout)
+        try:
+            timings = _echo(stream, block, total, args.timeout, progress)
+        finally:
+            progress.done()
     t0, t_sent, t_first, t_done = timings["times"]
     bits = total * 8
     return {
@@ -287,8 +273,10 @@ def run_bench(args, ctx) -> dict:
     }
 
 
-def _echo(stream, block: bytes, total: int, idle_timeout: float) -> dict:
-    """Send ``total`` bytes (``block`` repeated) to an echo service, read them back, compare."""
+def _echo(stream, block: bytes, total: int, idle_timeout: float, progress) -> dict:
+    """Send ``total`` bytes (``block`` repeated) to an echo service, read them back, compare.
+
+    ``progress`` hears how many bytes came back so far (a :class:`Progress`)."""
     sock = stream.sock
     sock.setblocking(False)
     sent_hash, back_hash = hashlib.sha256(), hashlib.sha256()
@@ -334,6 +322,7 @@ def _echo(stream, block: bytes, total: int, idle_timeout: float) -> dict:
                     t_first = time.monotonic()
                 back_hash.update(data)
                 received += len(data)
+                progress.update(received)
     finally:
         selector.close()
     t_done = time.monotonic()

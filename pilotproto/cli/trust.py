@@ -58,17 +58,20 @@ def run_handshake(args, ctx) -> dict:
 
 def render_handshake(data: dict) -> str:
     target = data.get("target")
+    key = [f"{target}'s key: {data['fingerprint']} (check it with {target} out of band)"] if data.get("fingerprint") else []
     if data.get("state") == "sent":
         return "\n".join(
             [
                 f"Handshake sent to {target}.",
                 f"The beacon delivers it now if {target} is online, or when it next comes online (until {_when(data.get('expires_at'))}).",
+                *key,
                 f"Once {target} approves, each of you can find the other: pilotctl lookup {target}",
             ]
         )
     return "\n".join(
         [
             f"Handshake to {target} queued: the beacon did not answer yet.",
+            *key,
             "It is sent as soon as this node is registered again; see 'pilotctl pending'.",
         ]
     )
@@ -86,25 +89,46 @@ def render_pending(data: dict) -> str:
         for r in pending:
             lines.append(f"  {r['hostname']}  {r['address']}  received {_when(r.get('received_at'))}")
             lines.append(f"    reason: {r['reason']}")
-            lines.append(f"    key:    {r['public_key']}")
-        lines.append("Answer with: pilotctl approve NAME  or  pilotctl reject NAME")
+            lines.append(f"    key:    {r.get('fingerprint') or r['public_key']}")
+            lines += _conflict_lines(r)
+        lines.append("Answer with: pilotctl approve NAME  or  pilotctl reject NAME (or the address, when a name is flagged)")
     else:
         lines.append("No handshake requests waiting for you.")
     outgoing = [o for o in data.get("outgoing") or [] if o.get("state") in ("queued", "sent")]
     if outgoing:
         lines.append("Your requests waiting for an answer:")
         for o in outgoing:
-            lines.append(f"  {o['target']}  ({o['state']} {_when(o.get('sent_at'))})  reason: {o['reason']}")
+            key = f"  key: {o['fingerprint']}" if o.get("fingerprint") else ""
+            lines.append(f"  {o['target']}  ({o['state']} {_when(o.get('sent_at'))})  reason: {o['reason']}{key}")
     return "\n".join(lines)
+
+
+def _conflict_lines(request: dict) -> list[str]:
+    """The warning for a request under a name we know by another key."""
+    conflict = request.get("name_conflict")
+    if not conflict:
+        return []
+    name = request["hostname"]
+    return [
+        f"    WARNING: {conflict.get('message', 'name now held by a different key')}.",
+        f"      You know {name} as {conflict.get('known_fingerprint')} ({conflict.get('known_address')});",
+        f"      this request comes from {request.get('fingerprint')} ({request['address']}).",
+        f"      Someone else may hold the name now. Approve only if {name} really has a new key,",
+        f"      and by its address: pilotctl approve {request['address']}",
+    ]
 
 
 def run_approve(args, ctx) -> dict:
     return ControlClient(ctx.home).call("approve", peer=check_peer(args.peer))
 
 
+def _who(peer: dict) -> str:
+    key = f", key {peer['fingerprint']}" if peer.get("fingerprint") else ""
+    return f"{peer['hostname']} ({peer['address']}{key})"
+
+
 def render_approve(data: dict) -> str:
-    peer = data["peer"]
-    return f"Trust established with {peer['hostname']} ({peer['address']}): each of you can now find and reach the other."
+    return f"Trust established with {_who(data['peer'])}: each of you can now find and reach the other."
 
 
 def run_reject(args, ctx) -> dict:
@@ -112,8 +136,7 @@ def run_reject(args, ctx) -> dict:
 
 
 def render_reject(data: dict) -> str:
-    peer = data["peer"]
-    return f"Rejected the handshake from {peer['hostname']} ({peer['address']})."
+    return f"Rejected the handshake from {_who(data['peer'])}."
 
 
 def run_trust(args, ctx) -> dict:
@@ -128,6 +151,8 @@ def render_trust(data: dict) -> str:
     for p in peers:
         mutual = "mutual" if p.get("mutual") else "waiting for their approval"
         lines.append(f"  {p['hostname']}  {p['address']}  since {_when(p.get('since'))}  ({mutual})")
+        if p.get("fingerprint"):
+            lines.append(f"    key: {p['fingerprint']}")
     return "\n".join(lines)
 
 
@@ -136,8 +161,7 @@ def run_revoke(args, ctx) -> dict:
 
 
 def render_revoke(data: dict) -> str:
-    peer = data["peer"]
-    return f"Revoked trust in {peer['hostname']} ({peer['address']}); the beacon no longer shows this node to it."
+    return f"Revoked trust in {_who(data['peer'])}; the beacon no longer shows this node to it."
 
 
 def add_trust_commands(commands, subcommand) -> None:

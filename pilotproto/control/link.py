@@ -14,6 +14,7 @@ client.  :class:`~pilotproto.control.daemon.DaemonNode` is built on these.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Callable
 
@@ -30,7 +31,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from ..errors import NotRunning, PilotError, Timeout
+from ..errors import NotRunning, PermissionDenied, PilotError, Timeout
 from ..streams.transport import PilotAddress
 from .codec import BadResponse, decode_response, encode_request, split_line
 
@@ -219,6 +220,10 @@ def open_link(reactor, socket_path: str, home: str, cmd: str, args: dict, timeou
 
     def not_running(failure):
         failure.trap(ConnectError)
+        if getattr(failure.value, "osError", None) in (errno.EACCES, errno.EPERM):
+            # Another user's daemon (or its 0700 home): docs/control.md's permission_denied.
+            raise PermissionDenied(f"cannot open the control socket {socket_path}: permission denied",
+                                   hint="Run as the user that started the daemon (the socket is private to that user).")
         stale = " (stale control socket)" if os.path.lexists(socket_path) else ""
         raise NotRunning(f"no pilot daemon is running for {home}{stale}")
 

@@ -83,7 +83,14 @@ class Dispatcher:
             request = decode_request(line)
             command = self._command(request)
         except BadRequest as e:
+            # Every malformed line ends here (the codec has one handler for
+            # them all): an answer, no traceback, and the connection goes on.
             return False, defer.succeed(Answered(encode_error(e.request_id, e)))
+        except Exception:
+            # Not the client's mistake but ours: logged, and still answered.
+            log.failure("control request could not be read")
+            return False, defer.succeed(Answered(encode_error(None, PilotError(
+                "the daemon could not read that request", hint="This is a bug; the daemon log has the traceback."))))
         d = defer.maybeDeferred(command.run, **request.args)
         if command.upgrades:
             d.addCallbacks(self._upgraded, self._upgrade_failed, (request,), None, (request,))

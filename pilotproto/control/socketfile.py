@@ -69,8 +69,16 @@ def connect_socket(path: str, home: str, timeout: float) -> socket.socket:
     with the reason a person can act on.
     """
     check_socket_path(path)
-    if not os.path.lexists(path):
-        raise NotRunning(f"no pilot daemon is running for {home}")
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotRunning(f"no pilot daemon is running for {home}") from None
+    except PermissionError as e:
+        # A directory on the way we may not search (another user's 0700
+        # home): the daemon may well run, we just cannot reach it.
+        raise _denied(path, e) from None
+    except OSError:
+        pass  # let connect() say what is wrong
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -83,12 +91,16 @@ def connect_socket(path: str, home: str, timeout: float) -> socket.socket:
         if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
             raise NotRunning(f"no pilot daemon is running for {home} (stale control socket)") from None
         if e.errno in (errno.EACCES, errno.EPERM):
-            raise PermissionDenied(
-                f"cannot open the control socket {path}: {e.strerror}",
-                hint="Run pilotctl as the user that started the daemon.",
-            ) from None
+            raise _denied(path, e) from None
         raise
     return sock
+
+
+def _denied(path: str, error: OSError) -> PermissionDenied:
+    return PermissionDenied(
+        f"cannot open the control socket {path}: {error.strerror}",
+        hint="Run pilotctl as the user that started the daemon (the socket is private to that user).",
+    )
 
 
 def peer_pid(sock: socket.socket) -> int | None:

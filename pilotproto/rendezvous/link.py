@@ -65,6 +65,13 @@ from .transport import TLS, UDP, BeaconTransport
 
 #: beacon messages that report the endpoint our datagrams arrive from
 _REPORTS_OBSERVED = (msgs.Challenge, msgs.Registered, msgs.KeepaliveAck)
+#: path challenges answered per second at most (each answer is a signature)
+PATH_ANSWERS = 8
+#: a beacon name that does not resolve is looked up again after this many
+#: seconds, doubling (jittered) up to the cap: DNS may come back, a laptop
+#: may join a network, a typo stays visible as beacon_error meanwhile
+RESOLVE_FIRST_RETRY = 1.0
+RESOLVE_MAX_RETRY = 60.0
 
 
 @implementer(IRendezvous, IPeerDirectory, IRelay, IBeaconChannel, IRegistrationWatcher, ITLSLinkListener)
@@ -100,6 +107,7 @@ class BeaconLink(service.Service):
         self._udp = check_provides(udp, IDatagramSender, "BeaconLink udp")
         self._beacon = beacon
         rng = rng if rng is not None else random.Random()
+        self._rng = rng
         #: the beacon's UDP endpoint, once its name is resolved
         self.beacon_endpoint: Endpoint | None = None
         self.counters: collections.Counter = collections.Counter()
@@ -120,7 +128,11 @@ class BeaconLink(service.Service):
         # Relay counters start at the clock, like seq, so they keep growing across restarts.
         self._relay_counter = int(reactor.seconds() * 1e9)
         self._waiters: list[defer.Deferred] = []
+        self._path_answers: collections.deque = collections.deque()
         self._resolve_error: dict | None = None
+        self._resolve_failures = 0
+        self._resolve_timer = None
+        self._tls_where = f"{tls[0]}:{tls[1]}" if tls is not None else None
 
     def wire(self, *, router, mail, observer) -> None:
         """``router`` sorts datagrams off the TLS link, ``mail`` reads what the
@@ -135,6 +147,10 @@ class BeaconLink(service.Service):
         if self._mail is None:
             raise RuntimeError("BeaconLink.wire() must be called before the link starts")
         super().startService()
+        self._start_resolving()
+
+    def _start_resolving(self) -> None:
+        self._resolve_timer = None
         self._resolve().addCallbacks(self._resolved, self._not_resolved)
 
     def _resolve(self) -> defer.Deferred:
@@ -157,14 +173,27 @@ class BeaconLink(service.Service):
             self.transport.start()
 
     def _not_resolved(self, failure) -> None:
+        if not self.running:
+            return
         host = self._beacon[0]
+        self._resolve_failures += 1
+        delay = min(RESOLVE_FIRST_RETRY * 2 ** min(self._resolve_failures - 1, 16), RESOLVE_MAX_RETRY)
+        delay *= self._rng.uniform(0.8, 1.2)
         message = f"cannot resolve the beacon's name {host}: {failure.getErrorMessage()}"
-        self._resolve_error = {"code": Unavailable.code, "message": message}
-        self.log.error("{message}", message=message)
+        self._resolve_error = {
+            "code": Unavailable.code,
+            "message": message,
+            "hint": f"Check the --beacon name and this host's DNS; the node looks it up again every {RESOLVE_MAX_RETRY:g} s at most.",
+        }
+        self.log.warn("{message}; trying again in {delay:.1f} s", message=message, delay=delay)
+        self._resolve_timer = self._reactor.callLater(delay, self._start_resolving)
 
     def stopService(self) -> defer.Deferred:
         """Unregister and stop; fires once the TLS link (if any) has closed."""
         super().stopService()
+        if self._resolve_timer is not None and self._resolve_timer.active():
+            self._resolve_timer.cancel()
+        self._resolve_timer = None
         self.registration.stop()
         closed = defer.succeed(None)
         if self.transport is not None:
@@ -196,11 +225,24 @@ class BeaconLink(service.Service):
     def status(self) -> dict:
         """``beacon_transport``, ``registered`` and ``beacon_error`` for ``info``."""
         transport_error = self.transport.last_error if self.transport is not None else None
+        if transport_error is not None:
+            transport_error = self._tls_fallback_error(transport_error)
         return {
             "beacon_transport": self.kind,
             "registered": self.registered,
             "beacon_error": self.registration.last_error or transport_error or self._resolve_error,
         }
+
+    def _tls_fallback_error(self, error: dict) -> dict:
+        # The TLS link only knows its own address; say why it was tried at
+        # all, and where that address came from.
+        host, port = self._beacon
+        return dict(
+            error,
+            message=f"no answer from the beacon over UDP at {host}:{port}, and the TLS fallback failed: {error['message']}",
+            hint=error.get("hint") or f"The TLS fallback ({self._tls_where}) is --beacon-tls, by default the --beacon host on port 443. "
+            "Check that the beacon runs, and pass --beacon-tls HOST:PORT if its TLS port is another.",
+        )
 
     def when_registered(self) -> defer.Deferred:
         """Fires with our public endpoint once we are registered; Unavailable if stopped first."""
@@ -267,10 +309,32 @@ class BeaconLink(service.Service):
             return False
         if isinstance(source, Direct) and self.transport is not None and self.transport.udp_message_received(msg):
             return True
+        if isinstance(msg, msgs.PathChallenge):
+            self._path_challenged(msg, source)
+            return True
         handled = self.requests.message_received(msg) or self.registration.message_received(msg) or self._mail.message_received(msg)
         if handled and isinstance(msg, _REPORTS_OBSERVED):
             self._observer.public_endpoint_seen(self.reflexive_endpoint)
         return handled
+
+    def _path_challenged(self, msg, source) -> None:
+        """The beacon saw us at a new address (NAT rebinding, back from TLS)
+        and will send there once we echo its token from there: by the way
+        the challenge came.  Each answer costs a signature, so a flood of
+        forged challenges earns at most ``PATH_ANSWERS`` answers a second."""
+        now = self._reactor.seconds()
+        while self._path_answers and now - self._path_answers[0] >= 1.0:
+            self._path_answers.popleft()
+        if len(self._path_answers) >= PATH_ANSWERS:
+            self.counters["path_challenges_ignored"] += 1
+            return
+        self._path_answers.append(now)
+        self.counters["path_challenges_answered"] += 1
+        response = msgs.sign(msgs.PathResponse(msg.request_id, msg.token), self._identity, self.seq.next())
+        if isinstance(source, Direct):
+            self.send_by_udp(msgs.encode(response))
+        else:
+            self.send_to_beacon(msgs.encode(response))
 
     # -- IBeaconChannel: what the parts send ------------------------------------------------
 

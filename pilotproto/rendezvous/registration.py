@@ -16,6 +16,16 @@ signed Keepalive and waits for its ack.  A lost ack, or an error such as
 ``not_registered`` (the beacon restarted and forgot us), sends the machine
 back to greeting, so a node re-registers by itself.  Retries back off
 exponentially with jitter, capped at ``MAX_RETRY`` seconds.
+
+The node says it is registered only while the beacon says so: a refusal
+(``name_taken``: another key holds the name) or ``not_registered`` ends
+``registered`` at once, not when the last registration would have run out.
+``rate_limited`` on a Register waits the retry-after the beacon gives
+before greeting again; on a Keepalive it changes nothing (the beacon still
+counted it as a sign of life, and waiting longer would let the
+registration expire).  A ``PathChallenge`` is answered
+by the link (:mod:`pilotproto.rendezvous.link`), not here: it needs no
+state.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ MAX_RETRY = 4.0
 CONFIRM_TIMEOUT = 1.5
 #: Errors for a Register that re-sending the same request will not cure.
 REFUSALS = {"name_taken", "refused", "invalid_argument"}
+RATE_LIMITED = "rate_limited"
 
 
 class SeqCounter:
@@ -70,7 +81,8 @@ class BeaconClient:
         self._watcher = check_provides(watcher, IRegistrationWatcher, "BeaconClient watcher")
         self.hostname = hostname
         self.public = public
-        self.lan_endpoints = tuple(lan_endpoints)
+        # The beacon refuses more; a node with many interfaces offers its first few.
+        self.lan_endpoints = tuple(lan_endpoints)[: msgs.MAX_LAN_ENDPOINTS]
         self.seq = seq if seq is not None else SeqCounter(clock)
         self._rng = rng if rng is not None else random.Random()
         self._ids = ids
@@ -106,7 +118,10 @@ class BeaconClient:
             self.rx_keepalive_ack(msg)
         elif isinstance(msg, msgs.Error):
             self.last_error = {"code": msg.code, "message": msg.message}
-            if kind == "register" and msg.code in REFUSALS:
+            if msg.code == RATE_LIMITED:
+                self.last_error["retry_after"] = msg.retry_after
+                self.rx_rate_limited(msg)
+            elif kind == "register" and msg.code in REFUSALS:
                 self.rx_refused(msg)
             else:
                 self.rx_unknown(msg)
@@ -176,6 +191,10 @@ class BeaconClient:
     def rx_unknown(self, msg=None):
         "the beacon does not know us (restart, expired, replay): register again"
 
+    @_machine.input()
+    def rx_rate_limited(self, msg=None):
+        "the beacon asks us to wait ``msg.retry_after`` seconds"
+
     # -- outputs ---------------------------------------------------------------
 
     def _arm(self, delay):
@@ -234,6 +253,27 @@ class BeaconClient:
         self._delay = FIRST_RETRY
 
     @_machine.output()
+    def arm_retry_after(self, msg):
+        # As asked, and at least as long as the backoff; jittered up, so that
+        # nodes limited together do not come back together.
+        self._arm(max(float(msg.retry_after), self._delay) * self._rng.uniform(1.0, 1.2))
+        self._delay = min(self._delay * 2, MAX_RETRY)
+
+    @_machine.output()
+    def still_registered(self, msg):
+        # Limited, but counted by the beacon as a sign of life.
+        self.registered_until = self._clock.seconds() + self.ttl
+
+    @_machine.output()
+    def forget_registration(self, msg=None):
+        self.registered_until = None
+
+    @_machine.output()
+    def forget_if_beacon_forgot(self, msg=None):
+        if msg is not None and msg.code == "not_registered":
+            self.registered_until = None
+
+    @_machine.output()
     def arm_keepalive(self):
         self._arm(self.keepalive_interval * self._rng.uniform(0.9, 1.0))
 
@@ -265,6 +305,10 @@ class BeaconClient:
         self.log.error("beacon refused registration: {code}: {message}", code=msg.code, message=msg.message)
 
     @_machine.output()
+    def log_limited(self, msg):
+        self.log.warn("beacon asks us to wait {s} s: {message}", s=msg.retry_after, message=msg.message)
+
+    @_machine.output()
     def cancel_timer(self):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -276,7 +320,7 @@ class BeaconClient:
     idle.upon(start, enter=greeting, outputs=[send_hello, arm_retry])
     idle.upon(stop, enter=stopped, outputs=[])
     idle.upon(transport_changed, enter=idle, outputs=[])
-    for _late in (timer, rx_challenge, rx_registered, rx_keepalive_ack, rx_refused, rx_unknown):
+    for _late in (timer, rx_challenge, rx_registered, rx_keepalive_ack, rx_refused, rx_unknown, rx_rate_limited):
         idle.upon(_late, enter=idle, outputs=[])
 
     greeting.upon(rx_challenge, enter=registering, outputs=[send_register, arm_retry])
@@ -284,12 +328,13 @@ class BeaconClient:
     greeting.upon(stop, enter=stopped, outputs=[cancel_timer])
     greeting.upon(start, enter=greeting, outputs=[])
     greeting.upon(transport_changed, enter=greeting, outputs=[restart_greeting, send_hello, arm_retry])
-    for _late in (rx_registered, rx_keepalive_ack, rx_refused, rx_unknown):
+    for _late in (rx_registered, rx_keepalive_ack, rx_refused, rx_unknown, rx_rate_limited):
         greeting.upon(_late, enter=greeting, outputs=[])
 
     registering.upon(rx_registered, enter=registered_idle, outputs=[cancel_timer, record_registration, arm_keepalive])
-    registering.upon(rx_refused, enter=greeting, outputs=[log_refusal, arm_retry])
-    registering.upon(rx_unknown, enter=greeting, outputs=[send_hello, arm_retry])
+    registering.upon(rx_refused, enter=greeting, outputs=[forget_registration, log_refusal, arm_retry])
+    registering.upon(rx_rate_limited, enter=greeting, outputs=[forget_registration, log_limited, arm_retry_after])
+    registering.upon(rx_unknown, enter=greeting, outputs=[forget_if_beacon_forgot, send_hello, arm_retry])
     registering.upon(timer, enter=greeting, outputs=[send_hello, arm_retry])
     registering.upon(stop, enter=stopped, outputs=[cancel_timer])
     registering.upon(transport_changed, enter=greeting, outputs=[restart_greeting, send_hello, arm_retry])
@@ -298,7 +343,8 @@ class BeaconClient:
 
     registered_idle.upon(timer, enter=confirming, outputs=[send_keepalive, arm_confirm])
     registered_idle.upon(rx_keepalive_ack, enter=registered_idle, outputs=[record_ack])
-    registered_idle.upon(rx_unknown, enter=greeting, outputs=[send_hello, arm_retry])
+    registered_idle.upon(rx_unknown, enter=greeting, outputs=[forget_if_beacon_forgot, send_hello, arm_retry])
+    registered_idle.upon(rx_rate_limited, enter=registered_idle, outputs=[])
     registered_idle.upon(stop, enter=stopped, outputs=[cancel_timer, send_unregister])
     # A signed keepalive moves our record to the new transport in one round trip.
     registered_idle.upon(transport_changed, enter=confirming, outputs=[send_keepalive, arm_confirm])
@@ -307,12 +353,15 @@ class BeaconClient:
 
     confirming.upon(rx_keepalive_ack, enter=registered_idle, outputs=[record_ack, arm_keepalive])
     confirming.upon(timer, enter=greeting, outputs=[send_hello, arm_retry])
-    confirming.upon(rx_unknown, enter=greeting, outputs=[send_hello, arm_retry])
+    confirming.upon(rx_unknown, enter=greeting, outputs=[forget_if_beacon_forgot, send_hello, arm_retry])
+    # Limited keepalives still count at the beacon; waiting longer than usual
+    # would let the registration expire.
+    confirming.upon(rx_rate_limited, enter=registered_idle, outputs=[still_registered, arm_keepalive])
     confirming.upon(stop, enter=stopped, outputs=[cancel_timer, send_unregister])
     confirming.upon(transport_changed, enter=confirming, outputs=[send_keepalive, arm_confirm])
     for _late in (start, rx_challenge, rx_registered, rx_refused):
         confirming.upon(_late, enter=confirming, outputs=[])
 
-    for _any in (start, stop, timer, transport_changed, rx_challenge, rx_registered, rx_keepalive_ack, rx_refused, rx_unknown):
+    for _any in (start, stop, timer, transport_changed, rx_challenge, rx_registered, rx_keepalive_ack, rx_refused, rx_unknown, rx_rate_limited):
         stopped.upon(_any, enter=stopped, outputs=[])
     del _late, _any

@@ -54,6 +54,7 @@ from twisted.internet.defer import (
     succeed,
 )
 from twisted.internet.endpoints import SSL4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError, DNSLookupError, NoRouteError
 from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import (
@@ -153,7 +154,18 @@ def describe_failure(failure, where: str) -> PilotError:
         if "verify failed" in reason:
             return BeaconUntrusted(f"the beacon's TLS certificate at {where} is not signed by a CA this node trusts ({reason})")
         return BeaconUntrusted(f"TLS with the beacon at {where} failed: {reason}")
-    return Unavailable(f"cannot reach the beacon over TLS at {where}: {failure.getErrorMessage()}")
+    return Unavailable(f"cannot reach the beacon over TLS at {where}: {_connect_reason(failure)}")
+
+
+def _connect_reason(failure) -> str:
+    """Why a TCP connection failed, in a few words (Twisted's messages repeat themselves)."""
+    if failure.check(ConnectionRefusedError):
+        return "connection refused (nothing listens on that port)"
+    if failure.check(DNSLookupError):
+        return "the name does not resolve"
+    if failure.check(NoRouteError):
+        return "no route to that host"
+    return failure.getErrorMessage()
 
 
 def _ssl_reason(error) -> str:
@@ -408,6 +420,8 @@ class BeaconTLSLink:
         else:
             problem = describe_failure(failure, self.where)
         self.last_error = {"code": problem.code, "message": problem.message}
+        if isinstance(problem, BeaconUntrusted):
+            self.last_error["hint"] = problem.hint  # what to pass to trust it
         if isinstance(problem, BeaconUntrusted):
             self.log.error("{message} ({hint})", message=problem.message, hint=problem.hint)
         else:

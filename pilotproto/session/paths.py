@@ -46,6 +46,10 @@ from ..wire import Endpoint
 from ..wire.sources import Direct, Relayed
 
 FILTERING_NATS = {"restricted_cone", "port_restricted_cone", "symmetric", "unknown", "udp_blocked"}
+#: candidate endpoints kept per peer: its own few public ones and up to 8 LAN
+#: ones, with room for roaming; a CallMeMaybe may list 510, and each is probed
+#: in every burst, so without a cap a peer could aim our probes anywhere.
+MAX_CANDIDATES = 24
 
 
 class IPathOwner(Interface):
@@ -152,10 +156,22 @@ class PeerPath:
             self._owner.send_relay(packet)
 
     def add_candidates(self, endpoints, lan=()) -> None:
-        if self.allow_direct:
+        if not self.allow_direct:
+            return
+        endpoints, lan = list(endpoints), list(lan)
+        if len(self.candidates) + len(endpoints) + len(lan) > MAX_CANDIDATES:
+            # More than a peer has: the newest list wins (it is what the peer
+            # has now), cut to the cap, so a peer cannot make us keep, and
+            # probe, any number of addresses of its choosing.
+            half = (MAX_CANDIDATES - 1) // 2  # one place for the direct path in use
+            keep = {self.direct} if self.direct is not None else set()
+            self.candidates = keep | set(endpoints[:half]) | set(lan[:half])
+            self.lan_candidates &= self.candidates
+            lan = lan[:half]
+        else:
             self.candidates.update(endpoints)
             self.candidates.update(lan)
-            self.lan_candidates.update(lan)
+        self.lan_candidates.update(lan)
 
     def received(self, source: Direct | Relayed, size: int) -> None:
         """An authenticated packet of ``size`` bytes arrived from ``source``."""
@@ -177,6 +193,9 @@ class PeerPath:
             self.unanswered_probes = 0
         elif endpoint not in self.candidates:
             # A new address for the peer: roaming or a NAT rebinding.
+            if len(self.candidates) >= MAX_CANDIDATES:
+                self.candidates = {self.direct} if self.direct is not None else set()
+                self.lan_candidates &= self.candidates
             self.candidates.add(endpoint)
             self._owner.send_probe(endpoint)
 

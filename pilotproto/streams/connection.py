@@ -254,6 +254,12 @@ class StreamConnection:
         index = stream_id >> 1
         if index < self._peer_floor or index in self._peer_opened:
             return None  # the peer's, finished
+        if self._incoming >= 2 * self.max_incoming_streams or index >= self._peer_floor + 2 * self.max_incoming_streams:
+            # Far past the limit (streams over it are reset in _announce, but
+            # each still costs a Stream): frames that would open more are
+            # dropped, so a peer cannot make us hold unbounded streams or ids.
+            self.stats["streams_dropped_too_many"] += 1
+            return None
         self._peer_opened.add(index)
         while self._peer_floor in self._peer_opened:
             self._peer_opened.discard(self._peer_floor)

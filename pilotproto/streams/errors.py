@@ -37,7 +37,7 @@ class ConnectionRefused(Refused):
     """Connection refused: nothing listens on that port of the peer."""
 
     code = "connection_refused"
-    hint = "Check the port number, and that the service runs on the peer ('pilotctl listen' or a pilot: endpoint)."
+    hint = "Check the port number, and that a service listens on it on the peer ('pilotctl recv PORT', or a pilot:PORT server endpoint)."
 
 
 class ConnectionClosed(StreamError):

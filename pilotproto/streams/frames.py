@@ -150,14 +150,24 @@ def ack_size(range_count: int) -> int:
 
 
 def encode_ack(ranges, delay_us: int) -> bytes:
-    """``ranges``: ``(smallest, largest)`` pairs, highest first."""
+    """``ranges``: ``(smallest, largest)`` pairs, highest first.
+
+    Gaps and range lengths are 32-bit fields, but packet numbers run to
+    2**62: a peer that skips more than 2**32 numbers (only a hostile one
+    does) makes ranges no ACK can carry.  They are left out, with every
+    range below them, and the first range is cut to its newest 2**32
+    numbers: an ACK may always say less than what arrived, never more."""
     smallest, largest = ranges[0]
-    parts = [_ACK_HEAD.pack(ACK, largest, min(delay_us, MAX_U32), len(ranges) - 1, largest - smallest)]
+    smallest = max(smallest, largest - MAX_U32)
+    body = []
     previous = smallest
     for lo, hi in ranges[1:]:
-        parts.append(_ACK_RANGE.pack(previous - hi - 2, hi - lo))
+        gap, length = previous - hi - 2, hi - lo
+        if gap > MAX_U32 or length > MAX_U32:
+            break
+        body.append(_ACK_RANGE.pack(gap, length))
         previous = lo
-    return b"".join(parts)
+    return _ACK_HEAD.pack(ACK, largest, min(delay_us, MAX_U32), len(body), largest - smallest) + b"".join(body)
 
 
 def encode_frame(frame) -> bytes:

@@ -295,7 +295,14 @@ class Stream:
         return grew
 
     def receive_reset(self, code: int, final_size: int) -> int:
-        if final_size < self.window.highest or (self.final_size is not None and final_size != self.final_size):
+        # A final size beyond the credit we granted is a flow-control error
+        # (RFC 9000 §4.5), as data there would be: else a peer could count
+        # 2**64 bytes against the connection with one frame.
+        if (
+            final_size < self.window.highest
+            or (self.final_size is not None and final_size != self.final_size)
+            or not self.window.allows(final_size)
+        ):
             self._step_recv(RecvEvent.VIOLATION)
             return 0
         grew = self.window.receive(final_size)

@@ -3,6 +3,10 @@ Whom this node trusts: the ``trusted`` part of the trust store, the
 visibility list the beacon keeps for us, and the listener (the session
 layer, through the node) told when trust begins or ends.
 
+Trust is given to keys.  An entry is keyed by the peer's public key (its
+address is the key's hash); the hostname stored with it is a label, the
+name the peer went by, which the beacon may later hand to another key.
+
 Every change to the set of trusted keys uploads the whole list again,
 signed, in chunks (``SetVisibility``): the beacon shows a private node only
 to the keys in its latest list.
@@ -13,7 +17,7 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from ..common.wiring import check_provides
-from ..identity import Address
+from ..identity import Address, fingerprint
 from ..interfaces import ISignedRequests, ITrustListener
 from ..wire import beacon as msgs
 from .store import TrustedPeer, TrustStore, b64
@@ -24,7 +28,7 @@ def address_of(key: bytes) -> str:
 
 
 def describe_key(key: bytes, hostname: str) -> dict:
-    return {"hostname": hostname, "address": address_of(key), "public_key": b64(key)}
+    return {"hostname": hostname, "address": address_of(key), "public_key": b64(key), "fingerprint": fingerprint(key)}
 
 
 class TrustBook:
@@ -43,12 +47,17 @@ class TrustBook:
     def get(self, key: bytes) -> TrustedPeer | None:
         return self.store.trusted.get(key)
 
+    def keys_named(self, hostname: str) -> list[bytes]:
+        """The trusted keys we know under ``hostname`` (a label: several keys may carry it)."""
+        return [key for key, peer in self.store.trusted.items() if peer.hostname == hostname]
+
     def describe(self) -> list[dict]:
         return [
             {
                 "hostname": p.hostname,
                 "address": p.address,
                 "public_key": b64(p.public_key),
+                "fingerprint": fingerprint(p.public_key),
                 "since": p.since,
                 "reason": p.reason,
                 "mutual": p.mutual,

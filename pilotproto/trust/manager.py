@@ -33,7 +33,7 @@ from ..common.ids import new_request_id
 from ..common.names import check_hostname
 from ..common.wiring import check_provides
 from ..errors import InvalidArgument, NotFound, StateError
-from ..identity import Address, verify_signature
+from ..identity import Address, fingerprint, verify_signature
 from ..interfaces import (
     IBeaconMail,
     IPeerDirectory,
@@ -112,9 +112,11 @@ class TrustManager:
                 "hostname": r.hostname,
                 "address": r.address,
                 "public_key": b64(r.public_key),
+                "fingerprint": fingerprint(r.public_key),
                 "reason": r.reason,
                 "received_at": r.received_at,
                 "expires_at": r.expires_at,
+                "name_conflict": _conflict(r),
             }
             for r in sorted(self.store.incoming.values(), key=lambda r: r.received_at)
         ]
@@ -148,6 +150,13 @@ class TrustManager:
 
     def approve(self, peer: str) -> dict:
         request = self._find(peer, self.store.incoming.values(), "pending request from")
+        if request.known_key is not None and peer == request.hostname:
+            raise InvalidArgument(
+                f"the request from {peer!r} comes from a different key ({fingerprint(request.public_key)}) "
+                f"than the one you know for that name ({fingerprint(request.known_key)})",
+                hint=f"The name may have been taken over. If {peer} really has a new key, approve this key "
+                f"by its address: pilotctl approve {request.address}",
+            )
         return self._approve(request)
 
     def _approve(self, request: IncomingRequest) -> dict:
@@ -191,11 +200,15 @@ class TrustManager:
         else:
             check_hostname(peer)
             match = lambda e: e.hostname == peer  # noqa: E731
-        for entry in entries:
-            if match(entry):
-                return entry
+        found = [entry for entry in entries if match(entry)]
         hint = "See 'pilotctl pending'." if "pending" in what else "See 'pilotctl trust'."
-        raise NotFound(f"no {what} {peer!r}", hint=hint)
+        if not found:
+            raise NotFound(f"no {what} {peer!r}", hint=hint)
+        if len(found) > 1:
+            # A name is a label: two keys may carry it, and only a key says which one is meant.
+            keys = ", ".join(f"{address_of(e.public_key)} ({fingerprint(e.public_key)})" for e in found)
+            raise InvalidArgument(f"{len(found)} keys go by the name {peer!r}: {keys}", hint="Name the peer by its address. " + hint)
+        return found[0]
 
     # -- what we owe the beacon (answers, revocations) -----------------------------------
 
@@ -303,11 +316,25 @@ class TrustManager:
             return
         key = request.public_key
         incoming = IncomingRequest(key, request.hostname, address_of(key), request.reason, now, expires_at, request.handshake_id)
-        if (
-            self.book.is_trusted(key)
-            or self.auto_approve
-            or self.handshakes.crossed(key, incoming.hostname, incoming.address)
-        ):
+        if self.book.is_trusted(key):
+            # A key we trust (in advance, because we asked it; or it lost its
+            # state and asks again): approve, and count it as the answer to
+            # our own request to it, if we have one.
+            self.log.info("approving the handshake from {name} ({address}), a key we trust", name=request.hostname, address=incoming.address)
+            self.handshakes.crossed(key, incoming.hostname, incoming.address)
+            self._approve(incoming)
+            return
+        known = self.book.keys_named(request.hostname) + self.handshakes.keys_asked(request.hostname)
+        if known and key not in known:
+            # A name we trust or asked for, from another key: a new request
+            # of its own, kept apart and never approved without the user.
+            incoming.known_key = known[0]
+            self._count("mail_name_held_by_other_key")
+            self.log.warn(
+                "handshake request from {name} by a different key ({new}) than the one we know for that name ({old})",
+                name=request.hostname, new=fingerprint(key), old=fingerprint(known[0]),
+            )
+        elif self.auto_approve or self.handshakes.crossed(key, incoming.hostname, incoming.address):
             self.log.info("approving the handshake from {name} ({address})", name=request.hostname, address=incoming.address)
             self._approve(incoming)
             return
@@ -337,3 +364,15 @@ class TrustManager:
         self.handshakes.stop()
         self.book.stop()
         self._requests.cancel_matching(("outbox",))
+
+
+def _conflict(request: IncomingRequest) -> dict | None:
+    """How ``pending`` shows a request whose name we know under another key."""
+    if request.known_key is None:
+        return None
+    return {
+        "message": "name now held by a different key",
+        "known_public_key": b64(request.known_key),
+        "known_fingerprint": fingerprint(request.known_key),
+        "known_address": address_of(request.known_key),
+    }

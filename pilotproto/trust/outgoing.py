@@ -38,7 +38,7 @@ from twisted.logger import Logger
 
 from ..common.names import check_hostname
 from ..errors import InvalidArgument, StateError
-from ..identity import Address
+from ..identity import Address, fingerprint
 from ..wire import beacon as msgs
 from .book import address_of
 from .store import OutgoingRequest, b64, unb64
@@ -118,13 +118,16 @@ def dot() -> str:
 
 
 def describe(request: OutgoingRequest) -> dict:
-    """What the handshake command answers."""
+    """What the handshake command answers (with the target's key, once we know it)."""
+    key = request.public_key
     return {
         "target": request.target,
         "handshake_id": request.handshake_id,
         "state": request.state,
         "sent_at": request.sent_at,
         "expires_at": request.expires_at,
+        "public_key": b64(key) if key else None,
+        "fingerprint": fingerprint(key) if key else None,
     }
 
 
@@ -170,6 +173,11 @@ class OutgoingRequests:
         reason = check_reason(reason)
         now = self._clock.seconds()
         request = OutgoingRequest(self._ids(), target, reason, now, now + DEFAULT_EXPIRY)
+        # Asking a name we already trust: the key we know for it is the one we
+        # mean, so an answer or a crossing request from another key is not it.
+        known = [] if by_address else self._book.keys_named(target)
+        if len(known) == 1:
+            request.public_key = known[0]
         # One live request per target: a new one replaces an unanswered one.
         for old in [o for o in self.store.outgoing.values() if o.target == target and State(o.state) in LIVE]:
             self._remove(old)
@@ -216,6 +224,14 @@ class OutgoingRequests:
             key = unb64(info["public_key"])
             if State(request.state) not in LIVE or key == self._identity.public_key:
                 return
+            if request.public_key is not None and request.public_key != key:
+                # The name is held by another key than the one we trust under
+                # it: never trust that one in advance (it could then find us).
+                self.log.warn(
+                    "{target} is now held by a different key ({new}) than the one we know ({old}); not trusting it",
+                    target=request.target, new=fingerprint(key), old=fingerprint(request.public_key),
+                )
+                return
             request.public_key = key
             if not self._book.is_trusted(key):
                 self._book.trust(key, info.get("hostname", request.target), request.reason, mutual=False)
@@ -252,13 +268,28 @@ class OutgoingRequests:
         return None
 
     def crossed(self, public_key: bytes, hostname: str, address: str) -> bool:
-        """The target asked us too (requests crossed): ours counts as approved."""
+        """The target asked us too (requests crossed): ours counts as approved.
+
+        Only for the key we meant: the one recorded when we asked (from a
+        lookup, or the key we trust under that name), or, for a request by
+        address, the key that address is the hash of.  A name alone proves
+        nothing: the beacon hands a free name to whoever registers it next."""
         for request in list(self.store.outgoing.values()):
-            if State(request.state) in LIVE and request.target in (hostname, address):
+            if State(request.state) not in LIVE or request.target not in (hostname, address):
+                continue
+            if request.public_key == public_key or (request.public_key is None and request.target == address):
                 request.public_key = public_key
                 self.fire(request, Input.APPROVED, hostname=hostname)
                 return True
         return False
+
+    def keys_asked(self, hostname: str) -> list[bytes]:
+        """The keys recorded by our live requests to ``hostname``."""
+        return [
+            o.public_key
+            for o in self.store.outgoing.values()
+            if State(o.state) in LIVE and o.target == hostname and o.public_key is not None
+        ]
 
     def withdraw(self, key: bytes) -> None:
         """Forget every request to ``key`` (trust with it ended)."""
@@ -285,6 +316,7 @@ class OutgoingRequests:
                 "expires_at": o.expires_at,
                 "state": o.state,
                 "public_key": b64(o.public_key) if o.public_key else None,
+                "fingerprint": fingerprint(o.public_key) if o.public_key else None,
             }
             for o in sorted(self.store.outgoing.values(), key=lambda o: o.sent_at)
         ]

@@ -59,6 +59,11 @@ class IncomingRequest:
     received_at: float
     expires_at: float
     handshake_id: int
+    #: set when ``hostname`` is a name we trust or asked for under *another*
+    #: key: the key we know for it.  The name now belongs to a different key
+    #: (a takeover, or the peer lost its key); such a request is never
+    #: approved on its own, nor by its name.
+    known_key: bytes | None = None
 
 
 @attrs.define
@@ -87,7 +92,7 @@ class OutboxItem:
 
 
 def _key_fields(cls) -> set:
-    return {"public_key", "peer_key"} & {a.name for a in attrs.fields(cls)}
+    return {"public_key", "peer_key", "known_key"} & {a.name for a in attrs.fields(cls)}
 
 
 def _to_json(obj) -> dict:

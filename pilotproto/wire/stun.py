@@ -1,12 +1,21 @@
 """
-STUN (RFC 8489) messages with the RFC 5780 behaviour-discovery attributes.
+STUN (RFC 8489) messages with the RFC 5780 behaviour-discovery attributes,
+and the RFC 3489 ("classic STUN") header and attributes a server needs to
+answer old clients.
 
 The beacon answers Binding requests on its UDP ports so that any standard
 STUN client learns its reflexive address; our node also sends CHANGE-REQUEST
 and reads OTHER-ADDRESS / RESPONSE-ORIGIN to classify its NAT (see
-``docs/stun.md``).  Only messages carrying the magic cookie are understood:
-RFC 3489 clients are not served, but RFC 5389 clients that only read
-MAPPED-ADDRESS are, because responses carry both address attributes.
+``docs/stun.md``).  What the beacon does with a request is
+:mod:`pilotproto.beacon.stun`'s business; this module only turns messages
+into bytes and back.
+
+An RFC 3489 message has no magic cookie: its 16-byte transaction id starts
+where the cookie would be.  :class:`Message` keeps those four bytes as
+``cookie`` (the magic cookie by default), so an answer can copy them back
+as RFC 8489 §12.2 asks.  :func:`decode` accepts such messages only when
+asked (``rfc3489=True``): without the cookie, a datagram is STUN only by
+its shape.
 
 Nothing here does I/O.  :func:`decode` raises only :class:`StunDecodeError`.
 Attributes this module does not model (USERNAME, MESSAGE-INTEGRITY, ICE's
@@ -18,9 +27,8 @@ checked.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import zlib
-from typing import ClassVar, NamedTuple, Sequence
+from typing import Collection, NamedTuple, Sequence
 
 import attrs
 
@@ -28,15 +36,36 @@ from ..errors import InvalidArgument, ProtocolError
 from . import is_stun
 from .codec import DecodeError, Endpoint, Reader, Writer
 
-MAGIC_COOKIE = 0x2112A442
-_COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
+# The attributes live next door (this module would be too long with them);
+# every name is re-exported, so callers use ``stun.MappedAddress`` etc.
+from .stun_attributes import (  # noqa: F401
+    ATTRIBUTE_CLASSES,
+    COOKIE_BYTES as _COOKIE_BYTES,
+    FINGERPRINT,
+    MAGIC_COOKIE,
+    MESSAGE_INTEGRITY,
+    MESSAGE_INTEGRITY_SHA256,
+    RESPONSE_ADDRESS,
+    USERNAME,
+    ChangedAddress,
+    ChangeRequest,
+    ErrorCode,
+    MappedAddress,
+    OtherAddress,
+    Padding,
+    RawAttribute,
+    ResponseOrigin,
+    ResponsePort,
+    Software,
+    SourceAddress,
+    UnknownAttributes,
+    XorMappedAddress,
+    attribute_size,
+)
+
 _FINGERPRINT_XOR = 0x5354554E
 HEADER_LENGTH = 20
 BINDING = 0x001
-
-# RFC 8489 §14: text attributes hold under 128 characters and 763 bytes.
-_MAX_TEXT_CHARS = 127
-_MAX_TEXT_BYTES = 763
 
 
 class StunDecodeError(DecodeError):
@@ -66,251 +95,11 @@ class StunClass(enum.IntEnum):
     ERROR = 0b11
 
 
+# --- messages ---------------------------------------------------------------
+
+
 def _within(low: int, high: int):
     return attrs.validators.and_(attrs.validators.ge(low), attrs.validators.le(high))
-
-
-def _check_text(instance, attribute, value: str) -> None:
-    if len(value) > _MAX_TEXT_CHARS or len(value.encode("utf-8")) > _MAX_TEXT_BYTES:
-        raise InvalidArgument(f"{attribute.name} too long for STUN: {len(value)} characters")
-
-
-# --- attributes -----------------------------------------------------------
-#
-# Each attribute class knows its TYPE and turns its value to and from bytes.
-# The transaction id is passed to both because the XOR address attributes
-# mix it into IPv6 addresses.
-
-
-def _pack_address(ep: Endpoint, mask: bytes) -> bytes:
-    ip = ipaddress.ip_address(ep.host)
-    packed = bytes(a ^ b for a, b in zip(ip.packed, mask))
-    port = ep.port ^ int.from_bytes(mask[:2], "big")
-    family = 0x01 if ip.version == 4 else 0x02
-    return Writer().u8(0).u8(family).u16(port).raw(packed).bytes()
-
-
-def _unpack_address(value: bytes, mask: bytes) -> Endpoint:
-    r = Reader(value)
-    r.u8()  # reserved; senders should zero it, receivers ignore it
-    family, port = r.u8(), r.u16()
-    size = {0x01: 4, 0x02: 16}.get(family)
-    if size is None:
-        raise StunDecodeError(f"unknown address family {family:#04x}")
-    raw = bytes(a ^ b for a, b in zip(r.take(size), mask))
-    r.end()
-    return Endpoint(str(ipaddress.ip_address(raw)), port ^ int.from_bytes(mask[:2], "big"))
-
-
-def _xor_mask(transaction_id: bytes) -> bytes:
-    # IPv4 uses the first four bytes, IPv6 all sixteen (RFC 8489 §14.2).
-    return _COOKIE_BYTES + transaction_id
-
-
-_PLAIN_MASK = bytes(16)
-
-
-@attrs.frozen
-class MappedAddress:
-    TYPE: ClassVar[int] = 0x0001
-    endpoint: Endpoint
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return _pack_address(self.endpoint, _PLAIN_MASK)
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes):
-        return cls(_unpack_address(value, _PLAIN_MASK))
-
-
-@attrs.frozen
-class XorMappedAddress(MappedAddress):
-    TYPE: ClassVar[int] = 0x0020
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return _pack_address(self.endpoint, _xor_mask(transaction_id))
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes):
-        return cls(_unpack_address(value, _xor_mask(transaction_id)))
-
-
-@attrs.frozen
-class ResponseOrigin(MappedAddress):
-    """RFC 5780 §7.3: the address and port the response was sent from."""
-
-    TYPE: ClassVar[int] = 0x802B
-
-
-@attrs.frozen
-class OtherAddress(MappedAddress):
-    """RFC 5780 §7.4: the server's alternate address and port."""
-
-    TYPE: ClassVar[int] = 0x802C
-
-
-@attrs.frozen
-class ChangeRequest:
-    """RFC 5780 §7.2: ask the server to answer from its other IP and/or port."""
-
-    TYPE: ClassVar[int] = 0x0003
-    change_ip: bool = False
-    change_port: bool = False
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return Writer().u32((0x04 if self.change_ip else 0) | (0x02 if self.change_port else 0)).bytes()
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes):
-        r = Reader(value)
-        flags = r.u32()
-        r.end()
-        return cls(bool(flags & 0x04), bool(flags & 0x02))
-
-
-@attrs.frozen
-class ResponsePort:
-    """RFC 5780 §7.5: the port the server should send the response to."""
-
-    TYPE: ClassVar[int] = 0x0027
-    port: int = attrs.field(validator=_within(0, 0xFFFF))
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return Writer().u16(self.port).u16(0).bytes()
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes):
-        r = Reader(value)
-        port = r.u16()
-        r.u16()
-        r.end()
-        return cls(port)
-
-
-@attrs.frozen
-class Padding:
-    """RFC 5780 §7.6: filler that makes the response larger; contents are ignored."""
-
-    TYPE: ClassVar[int] = 0x0026
-    length: int = attrs.field(validator=_within(0, 0xFFFF))
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return bytes(self.length)
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes):
-        return cls(len(value))
-
-
-@attrs.frozen
-class Software:
-    TYPE: ClassVar[int] = 0x8022
-    text: str = attrs.field(validator=_check_text)
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return self.text.encode("utf-8")
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes):
-        return cls(value.decode("utf-8"))
-
-
-@attrs.frozen
-class ErrorCode:
-    TYPE: ClassVar[int] = 0x0009
-    code: int = attrs.field(validator=_within(300, 699))
-    reason: str = attrs.field(default="", validator=_check_text)
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        hundreds, rest = divmod(self.code, 100)
-        return Writer().u16(0).u8(hundreds).u8(rest).raw(self.reason.encode("utf-8")).bytes()
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes):
-        r = Reader(value)
-        r.u16()
-        hundreds, rest = r.u8() & 0x07, r.u8()
-        if rest > 99:
-            raise StunDecodeError(f"ERROR-CODE number {rest} is over 99")
-        return cls(hundreds * 100 + rest, r.rest().decode("utf-8"))
-
-
-@attrs.frozen
-class UnknownAttributes:
-    """The comprehension-required attribute types a 420 answer refuses."""
-
-    TYPE: ClassVar[int] = 0x000A
-    types: tuple[int, ...] = attrs.field(converter=tuple)
-
-    @types.validator
-    def _check(self, attribute, value):
-        if any(not 0 <= t <= 0xFFFF for t in value):
-            raise InvalidArgument("attribute types are 16-bit numbers")
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        w = Writer()
-        for t in self.types:
-            w.u16(t)
-        return w.bytes()
-
-    @classmethod
-    def decode_value(cls, value: bytes, transaction_id: bytes):
-        if len(value) % 2:
-            raise StunDecodeError("UNKNOWN-ATTRIBUTES has an odd length")
-        r = Reader(value)
-        return cls(tuple(r.u16() for _ in range(len(value) // 2)))
-
-
-@attrs.frozen
-class RawAttribute:
-    """An attribute this module does not model, kept byte for byte."""
-
-    type: int = attrs.field()
-    value: bytes = attrs.field(converter=bytes)
-
-    @type.validator
-    def _check(self, attribute, value):
-        # A modelled type here would decode as its own class, and FINGERPRINT
-        # is the Message.fingerprint flag: either way it would not round-trip.
-        if not 0 <= value <= 0xFFFF or value in _ATTRIBUTE_CLASSES or value == FINGERPRINT:
-            raise InvalidArgument(f"{value:#06x} cannot be a raw STUN attribute")
-
-    @property
-    def TYPE(self) -> int:
-        return self.type
-
-    def encode_value(self, transaction_id: bytes) -> bytes:
-        return self.value
-
-
-_ATTRIBUTE_CLASSES = {
-    klass.TYPE: klass
-    for klass in (
-        MappedAddress,
-        XorMappedAddress,
-        ResponseOrigin,
-        OtherAddress,
-        ChangeRequest,
-        ResponsePort,
-        Padding,
-        Software,
-        ErrorCode,
-        UnknownAttributes,
-    )
-}
-FINGERPRINT = 0x8028
-MESSAGE_INTEGRITY = 0x0008
-MESSAGE_INTEGRITY_SHA256 = 0x001C
-USERNAME = 0x0006
-
-# Comprehension-required types a request may carry without a 420: the ones we
-# model, plus the authentication attributes, which a server without
-# credentials (like the beacon) accepts and does not check, as public STUN
-# servers do.
-UNDERSTOOD_TYPES = frozenset(_ATTRIBUTE_CLASSES) | {MESSAGE_INTEGRITY, MESSAGE_INTEGRITY_SHA256, USERNAME}
-
-
-# --- messages ---------------------------------------------------------------
 
 
 def _check_transaction_id(instance, attribute, value: bytes) -> None:
@@ -318,9 +107,20 @@ def _check_transaction_id(instance, attribute, value: bytes) -> None:
         raise InvalidArgument(f"a STUN transaction id is 12 bytes, not {len(value)}")
 
 
+def _check_cookie(instance, attribute, value: bytes) -> None:
+    if len(value) != 4:
+        raise InvalidArgument(f"the STUN cookie field is 4 bytes, not {len(value)}")
+
+
 @attrs.frozen
 class Message:
-    """One STUN message; ``fingerprint`` says whether FINGERPRINT ends it."""
+    """
+    One STUN message; ``fingerprint`` says whether FINGERPRINT ends it.
+
+    ``cookie`` is the magic cookie, or for an RFC 3489 message the first
+    four bytes of its 16-byte transaction id (``transaction_id`` is the
+    other twelve).
+    """
 
     message_class: StunClass = attrs.field(converter=StunClass)
     transaction_id: bytes = attrs.field(converter=bytes, validator=_check_transaction_id)
@@ -329,6 +129,12 @@ class Message:
     # 0x100 only; every registered STUN/TURN method fits.
     method: int = attrs.field(default=BINDING, validator=_within(0, 0xFF))
     fingerprint: bool = False
+    cookie: bytes = attrs.field(default=_COOKIE_BYTES, converter=bytes, validator=_check_cookie)
+
+    @property
+    def rfc3489(self) -> bool:
+        """True for a classic STUN message (no magic cookie)."""
+        return self.cookie != _COOKIE_BYTES
 
     def find(self, klass):
         """The first attribute of this class (later duplicates are ignored, §14)."""
@@ -348,18 +154,18 @@ class Message:
         length = len(attrs_bytes) + (8 if self.fingerprint else 0)
         if length > 0xFFFF:
             raise InvalidArgument("STUN message longer than 65535 bytes")
-        data = _header(self.message_class, self.method, length, self.transaction_id) + attrs_bytes
+        data = _header(self.message_class, self.method, length, self.cookie, self.transaction_id) + attrs_bytes
         if self.fingerprint:
             data += Writer().u16(FINGERPRINT).u16(4).u32(fingerprint_value(data)).bytes()
         return data
 
 
-def _header(message_class: StunClass, method: int, length: int, transaction_id: bytes) -> bytes:
+def _header(message_class: StunClass, method: int, length: int, cookie: bytes, transaction_id: bytes) -> bytes:
     # The two class bits are interleaved into the method bits (RFC 8489 §5).
     c = int(message_class)
     message_type = (method & 0x000F) | ((method & 0x0070) << 1) | ((method & 0x0F80) << 2)
     message_type |= ((c & 0b01) << 4) | ((c & 0b10) << 7)
-    return Writer().u16(message_type).u16(length).u32(MAGIC_COOKIE).raw(transaction_id).bytes()
+    return Writer().u16(message_type).u16(length).raw(cookie).raw(transaction_id).bytes()
 
 
 def fingerprint_value(message_prefix: bytes) -> int:
@@ -367,22 +173,42 @@ def fingerprint_value(message_prefix: bytes) -> int:
     return zlib.crc32(message_prefix) ^ _FINGERPRINT_XOR
 
 
-def decode(data: bytes) -> Message:
-    """Decode one STUN message; raises only :class:`StunDecodeError`."""
+def is_rfc3489(datagram: bytes) -> bool:
+    """
+    True when a datagram is shaped like an RFC 3489 message: no magic cookie,
+    first byte 0-3 (RFC 7983), and a length field that matches, in 4-byte
+    units.  Without the cookie that shape is all there is to go by.
+    """
+    return (
+        len(datagram) >= HEADER_LENGTH
+        and datagram[0] < 4
+        and datagram[4:8] != _COOKIE_BYTES
+        and int.from_bytes(datagram[2:4], "big") == len(datagram) - HEADER_LENGTH
+        and len(datagram) % 4 == 0
+    )
+
+
+def decode(data: bytes, rfc3489: bool = False) -> Message:
+    """
+    Decode one STUN message; raises only :class:`StunDecodeError`.
+
+    With ``rfc3489``, a message without the magic cookie is accepted too
+    (see :func:`is_rfc3489`); its ``cookie`` field then says so.
+    """
     try:
-        return _decode(bytes(data))
+        return _decode(bytes(data), rfc3489)
     except StunDecodeError:
         raise
     except DecodeError as e:
         raise StunDecodeError(f"bad STUN message: {e.message}") from None
 
 
-def _decode(data: bytes) -> Message:
-    if not is_stun(data):
+def _decode(data: bytes, rfc3489: bool) -> Message:
+    if not (is_stun(data) or (rfc3489 and is_rfc3489(data))):
         raise StunDecodeError("not a STUN message: too short, or no magic cookie")
     r = Reader(data)
     message_type, length = r.u16(), r.u16()
-    r.u32()
+    cookie = r.take(4)
     transaction_id = r.take(12)
     if length % 4 or length != r.remaining():
         raise StunDecodeError(f"STUN length {length} does not match the {r.remaining()} bytes that follow")
@@ -403,11 +229,11 @@ def _decode(data: bytes) -> Message:
             fingerprint = True
         else:
             attributes.append(_decode_attribute(attr_type, value, transaction_id))
-    return Message(message_class, transaction_id, attributes, method, fingerprint)
+    return Message(message_class, transaction_id, attributes, method, fingerprint, cookie)
 
 
 def _decode_attribute(attr_type: int, value: bytes, transaction_id: bytes):
-    klass = _ATTRIBUTE_CLASSES.get(attr_type)
+    klass = ATTRIBUTE_CLASSES.get(attr_type)
     if klass is None:
         return RawAttribute(attr_type, value)
     try:
@@ -417,17 +243,27 @@ def _decode_attribute(attr_type: int, value: bytes, transaction_id: bytes):
         raise StunDecodeError(f"bad STUN attribute {attr_type:#06x}: {e}") from None
 
 
-def unknown_comprehension_required(message: Message) -> tuple[int, ...]:
-    """Types a server must refuse with 420 (RFC 8489 §6.3.1), in order, once each."""
+def unknown_comprehension_required(message: Message, understood: Collection[int]) -> tuple[int, ...]:
+    """
+    The types in ``message`` a server must refuse with 420 (RFC 8489 §6.3.1),
+    in order, once each: comprehension-required (below 0x8000) and not in
+    ``understood``.  What a server understands is its own decision, so it
+    names the set (the codec parsing an attribute does not make it honoured).
+    """
     found: list[int] = []
     for attribute in message.attributes:
         t = attribute.TYPE
-        if t < 0x8000 and t not in UNDERSTOOD_TYPES and t not in found:
+        if t < 0x8000 and t not in understood and t not in found:
             found.append(t)
     return tuple(found)
 
 
 # --- Binding helpers ------------------------------------------------------
+#
+# A client's request, and the full answers a test or a simple server builds.
+# The beacon builds its own (pilotproto.beacon.stun): it fits each answer
+# within three times the request, and answers RFC 3489 clients in their
+# format.
 
 
 def binding_request(transaction_id: bytes, change_ip: bool = False, change_port: bool = False) -> bytes:
@@ -439,6 +275,8 @@ def binding_request(transaction_id: bytes, change_ip: bool = False, change_port:
 def _check_binding_request(request: Message) -> None:
     if request.message_class is not StunClass.REQUEST or request.method != BINDING:
         raise InvalidArgument("only a Binding request can be answered with a Binding response")
+    if request.rfc3489:
+        raise InvalidArgument("these helpers answer RFC 5389/8489 requests; an RFC 3489 one has no magic cookie")
 
 
 def binding_response(
@@ -464,14 +302,12 @@ def binding_error(
     request: Message,
     code: int,
     reason: str,
-    unknown_attributes: Sequence[int] | None = None,
+    unknown_attributes: Sequence[int] = (),
     software: str | None = None,
 ) -> bytes:
-    """An error response; a 420 lists the request's unknown required attributes by default."""
+    """An error response; a 420 names the refused types in ``unknown_attributes``."""
     _check_binding_request(request)
     attributes: list = [ErrorCode(code, reason)]
-    if unknown_attributes is None and code == 420:
-        unknown_attributes = unknown_comprehension_required(request)
     if unknown_attributes:
         attributes.append(UnknownAttributes(unknown_attributes))
     if software is not None:

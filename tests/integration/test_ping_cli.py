@@ -51,3 +51,7 @@ def test_ping_follows_trust(daemons):
     code, doc = ping(a, "agent-b", "--count", "1")
     assert code != 0 and doc["code"] in ("refused", "not_trusted", "not_found"), doc
     assert time.monotonic() - started < 1.5  # includes starting the pilotctl process
+
+    # Neither side lists the revoked session as a "down" row (issue 10).
+    for home, other in ((a, "agent-b"), (b, "agent-a")):
+        assert wait_for(lambda: not [p for p in pilotctl(home, "peers")[1]["data"]["peers"] if p["hostname"] == other], 5), home

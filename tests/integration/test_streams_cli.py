@@ -148,6 +148,47 @@ def test_bench_through_echo(pair):
     assert result["send_mbps"] > 0 and result["receive_mbps"] > 0 and result["echo_mbps"] > 0
 
 
+def _on_a_terminal(home, *args):
+    """Run pilotctl with stderr on a pseudo-terminal (stdout piped); (exit code, stdout, what the terminal showed)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(PILOTCTL + ["--home", home, *args], env=environment(), stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    os.close(master)
+    return proc.wait(60), out, shown.decode(errors="replace")
+
+
+def test_bench_and_send_file_show_progress_on_a_terminal_only(pair, tmp_path):
+    a, _ = pair
+    code, out, terminal = _on_a_terminal(a, "bench", "agent-b", "--size-mb", "4")
+    assert code == 0, (out, terminal)
+    assert "echo agent-b" in terminal and "Mbit/s" in terminal and "ETA " in terminal, terminal
+    assert "ETA" not in out and "and back through echo" in out
+    path = tmp_path / "file.bin"
+    path.write_bytes(os.urandom(4 * 1024 * 1024))
+    code, out, terminal = _on_a_terminal(a, "send-file", "agent-b", str(path))
+    assert code == 0, (out, terminal)
+    assert "to agent-b" in terminal and "MiB/s" in terminal and "ETA " in terminal, terminal
+    # Piped, or --json: the result alone.
+    for args in (["bench", "agent-b", "--size-mb", "1"], ["send-file", "agent-b", str(path)]):
+        run = subprocess.run(PILOTCTL + ["--home", a, *args], env=environment(), capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0 and run.stderr == "" and "ETA" not in run.stdout, run
+        code, doc = pilotctl(a, *args, timeout=60)
+        assert code == 0, doc
+
+
 def test_twistd_web_in_another_process(pair, tmp_path):
     a, b = pair
     site = tmp_path / "site"
