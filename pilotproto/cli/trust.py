@@ -64,6 +64,9 @@ def render_handshake(data: dict) -> str:
             [
                 f"Handshake sent to {target}.",
                 f"The beacon delivers it now if {target} is online, or when it next comes online (until {_when(data.get('expires_at'))}).",
+                # A private node is invisible, so the beacon must not say whether the name exists.
+                f"The beacon cannot say whether a private node named {target} exists: if none comes online "
+                "by then, the request expires unanswered.",
                 *key,
                 f"Once {target} approves, each of you can find the other: pilotctl lookup {target}",
             ]

@@ -191,3 +191,14 @@ def test_the_lab_run_without_root_names_the_pilotctl_to_run_under_sudo():
     doc = json.loads(run.stdout)
     assert run.returncode == 1 and doc["code"] == "lab_error", doc
     assert f"sudo {script} lab matrix" in doc["hint"], doc
+
+
+def test_a_handshake_to_a_name_nobody_holds_says_it_is_queued_and_why(tmp_path, daemons):
+    home = daemons.start("agent-a")
+    run = subprocess.run(
+        PILOTCTL + ["--home", home, "handshake", "nosuch-agent", "are you there?"],
+        env=environment(), capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "comes online (until" in run.stdout, run.stdout
+    assert "cannot say whether a private node named nosuch-agent exists" in run.stdout, run.stdout
