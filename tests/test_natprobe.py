@@ -343,3 +343,17 @@ def test_collaborators_are_checked_when_wired():
         NatProber(clock, net.send, lambda: LOCAL, on_result=print)
     with pytest.raises(TypeError):
         NatProber(clock, net, LOCAL, on_result=print)
+
+
+@pytest.mark.parametrize(
+    "kind, filtering",
+    [("full_cone", "endpoint-independent"), ("port_restricted_cone", "address-and-port-dependent"),
+     ("symmetric", "address-and-port-dependent"), ("none", "unknown")],
+)
+def test_the_measured_filtering_is_reported_apart_from_the_type(kind, filtering):
+    # A symmetric NAT's type names its mapping only; netcheck shows its filtering too.
+    clock, net, results = _prober(kind)
+    net.prober.start(A1P1)
+    _run(clock, 8)
+    assert results == [kind]
+    assert net.prober.filtering == filtering

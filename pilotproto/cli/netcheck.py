@@ -64,7 +64,7 @@ BEHAVIOUR = {
     "full_cone": ("endpoint-independent", "endpoint-independent"),
     "restricted_cone": ("endpoint-independent", "address-dependent"),
     "port_restricted_cone": ("endpoint-independent", "address-and-port-dependent"),
-    "symmetric": ("address-dependent (a new public port per destination)", "not measured"),
+    "symmetric": ("address-dependent (a new public port per destination)", "unknown"),
     "udp_blocked": ("-", "-"),
     "unknown": ("unknown", "unknown"),
 }
@@ -229,6 +229,9 @@ class BeaconCheck:
         prober.stop()
         self._datagrams.prober = None
         mapping, filtering = BEHAVIOUR.get(nat_type, BEHAVIOUR["unknown"])
+        if nat_type == "symmetric":
+            # The type names the mapping; the filtering tests ran before it.
+            filtering = prober.filtering
         source = self._source_endpoint()
         again = yield self._ask(self._server)
         stable = None if again is None else again[0].xor_mapped == first

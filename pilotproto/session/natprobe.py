@@ -80,6 +80,14 @@ class _Outstanding(NamedTuple):
     expected_origin: Endpoint
 
 
+#: what each filtering result means, in RFC 4787 words
+_FILTERING_WORDS = {
+    "full_cone": "endpoint-independent",
+    "restricted_cone": "address-dependent",
+    "port_restricted_cone": "address-and-port-dependent",
+}
+
+
 class NatProber:
     """
     Collaborators: ``udp`` (:class:`~pilotproto.interfaces.IDatagramSender`)
@@ -333,6 +341,13 @@ class NatProber:
         self._tries_left -= 1
         self._udp.send(self._outstanding.datagram, self._outstanding.destination)
         self._arm_try()
+
+    @property
+    def filtering(self) -> str:
+        """The filtering the latest run measured, in RFC 4787 words ("unknown" if none).
+
+        A symmetric NAT's type hides it, so it is said apart: ``netcheck`` shows it."""
+        return _FILTERING_WORDS.get(self._filtering, "unknown")
 
     # -- outputs: what the filtering tests found ------------------------------------
 

@@ -63,6 +63,8 @@ def test_netcheck_behind_each_kind_of_nat(tmp_path):
     code, doc = results["symmetric"]
     assert code == 0, doc
     assert doc["data"]["nat_type"] == "symmetric"
+    [sym] = doc["data"]["beacons"]
+    assert sym["nat"]["filtering"] != "unknown", sym["nat"]  # measured, though the type names the mapping
     assert doc["data"]["peers"]["by_peer_nat"]["port-restricted-cone"] == "relay"
     assert doc["data"]["peers"]["by_peer_nat"]["full-cone"] == "direct"
 
