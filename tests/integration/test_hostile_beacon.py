@@ -208,3 +208,26 @@ def test_a_spoofed_keepalive_steers_neither_relay_nor_mail(tmp_path):
         victim.close()
         beacon.kill()
     assert_clean(beacon.log_text())
+
+
+def test_one_address_cannot_hoard_names_and_the_limit_is_said(tmp_path):
+    # Today's default is 32 new names per address per 10 minutes; a small
+    # limit keeps the test short, and the flood is bounded in count.
+    port = free_udp_port()
+    beacon = BeaconProcess(str(tmp_path), port, "--register-per-address", "5/600").start()
+    nodes = [UDPNode(port, f"hoard-{i}") for i in range(8)]
+    try:
+        answers = [node.register() for node in nodes]
+        registered = [a for a in answers if isinstance(a, msgs.Registered)]
+        limited = [a for a in answers if isinstance(a, msgs.Error)]
+        assert len(registered) == 5, answers
+        assert len(limited) == 3 and {a.code for a in limited} == {"rate_limited"}, answers
+        assert all(a.retry_after > 0 for a in limited), answers
+        # Nothing else degrades: an owner that registered keeps its name.
+        again = nodes[0].register()
+        assert isinstance(again, msgs.Registered), again
+    finally:
+        for node in nodes:
+            node.close()
+        beacon.kill()
+    assert_clean(beacon.log_text())
