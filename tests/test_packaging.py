@@ -33,7 +33,10 @@ FAST_SLICE = [
 
 def _build(kind: str, source: str, out: str) -> str:
     """Build an sdist or a wheel of ``source`` into ``out``, offline, with the installed setuptools."""
-    if importlib.util.find_spec("build") is not None:
+    spec = importlib.util.find_spec("build")
+    # A checkout's own build/ directory (left by "pip install .") is a namespace
+    # package of that name, not the build frontend: it has no origin.
+    if spec is not None and spec.origin is not None:
         argv = [sys.executable, "-m", "build", f"--{kind}", "--no-isolation", "--outdir", out, source]
     else:
         hook = "build_sdist" if kind == "sdist" else "build_wheel"
