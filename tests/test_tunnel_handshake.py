@@ -101,9 +101,9 @@ def test_lost_initiation_is_retried():
 
     net.drop = drop_first_init
     done = outcome(net.tunnel("a").connect())
-    net.run(0.9)
+    net.run(0.45)
     assert done == []
-    net.run(0.5)  # first retry after 1 s plus at most 0.25 s jitter
+    net.run(0.35)  # first retry after 0.5 s plus at most 0.25 s jitter
     assert done == [net.tunnel("a")]
     assert net.eps["a"].stats["init_sent"] == 2
     net.tunnel("a").send_data(b"after the retry")
