@@ -27,7 +27,6 @@ using the lab's table of which NAT pairs get a direct path
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 
@@ -43,6 +42,7 @@ from ..lab.matrix import expected_path
 from ..lab.ruleset import NAT_KINDS
 from ..node.config import DEFAULT_BEACON_TLS_PORT, parse_fingerprint, parse_hostport
 from ..node.udp import UDPService
+from ..rendezvous.link import resolve_endpoint
 from ..rendezvous.tls import VerifiedTLSEndpoint, client_tls_options, describe_failure
 from ..session.natprobe import NatProber
 from ..wire import Endpoint
@@ -148,16 +148,10 @@ class BeaconCheck:
         return result
 
     def _resolve(self, host: str, port: int) -> defer.Deferred:
-        try:
-            ipaddress.ip_address(host)
-            return defer.succeed(Endpoint(host, port))
-        except ValueError:
-            pass
-
         def failed(failure):
             raise Unavailable(f"cannot resolve the beacon's name {host}: {failure.getErrorMessage()}", hint="Check the name, and this host's DNS.")
 
-        return self._reactor.resolve(host).addCallbacks(lambda ip: Endpoint(ip, port), failed)
+        return resolve_endpoint(self._reactor, host, port).addErrback(failed)
 
     # -- UDP ---------------------------------------------------------------------------
 

@@ -74,6 +74,21 @@ RESOLVE_FIRST_RETRY = 1.0
 RESOLVE_MAX_RETRY = 60.0
 
 
+def resolve_endpoint(reactor, host: str, port: int) -> defer.Deferred:
+    """The UDP endpoint ``host:port`` names: at once for an IP address, else through the reactor's resolver."""
+    if _is_ip_address(host):
+        return defer.succeed(Endpoint(host, port))
+    return defer.maybeDeferred(reactor.resolve, host).addCallback(lambda ip: Endpoint(ip, port))
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 @implementer(IRendezvous, IPeerDirectory, IRelay, IBeaconChannel, IRegistrationWatcher, ITLSLinkListener)
 class BeaconLink(service.Service):
     """Registration, transport and requests for the beacon at ``beacon`` (host, port).
@@ -154,13 +169,7 @@ class BeaconLink(service.Service):
         self._resolve().addCallbacks(self._resolved, self._not_resolved)
 
     def _resolve(self) -> defer.Deferred:
-        host, port = self._beacon
-        try:
-            ipaddress.ip_address(host)
-            return defer.succeed(Endpoint(host, port))
-        except ValueError:
-            pass
-        return defer.maybeDeferred(self._reactor.resolve, host).addCallback(lambda ip: Endpoint(ip, port))
+        return resolve_endpoint(self._reactor, *self._beacon)
 
     def _resolved(self, endpoint: Endpoint) -> None:
         if not self.running:
