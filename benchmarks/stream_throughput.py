@@ -305,6 +305,8 @@ class Worker:
         )
         self.events: queue.Queue = queue.Queue()
         self.lines: list[str] = []
+        #: the first error event this worker printed, if any (its partner's wait stops on it)
+        self.error: dict | None = None
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
@@ -314,9 +316,12 @@ class Worker:
             self.lines.append(line)
             if line.startswith("{"):
                 try:
-                    self.events.put(json.loads(line))
+                    event = json.loads(line)
                 except ValueError:
-                    pass
+                    continue
+                if event.get("event") == "error" and self.error is None:
+                    self.error = event
+                self.events.put(event)
         self.events.put({"event": "exited"})
 
     def expect(self, event: str, timeout: float, partner: "Worker | None" = None) -> dict:
@@ -331,12 +336,15 @@ class Worker:
             except queue.Empty:
                 if partner is not None and partner.process.poll() is not None:
                     raise RuntimeError(f"the other worker exited early; its output:\n{''.join(partner.lines)[-3000:]}")
+                if partner is not None and partner.error is not None:
+                    raise RuntimeError(f"the other worker failed: {partner.error}; its output:\n{''.join(partner.lines)[-3000:]}")
                 continue
             if got["event"] == event:
                 return got
             if got["event"] in ("error", "exited"):
                 raise RuntimeError(f"worker said {got}; output:\n{''.join(self.lines)[-3000:]}")
-        raise TimeoutError(f"no {event!r} within {timeout} s; output:\n{''.join(self.lines)[-3000:]}")
+        others = f"\nthe other worker's output:\n{''.join(partner.lines)[-3000:]}" if partner is not None else ""
+        raise TimeoutError(f"no {event!r} within {timeout} s; output:\n{''.join(self.lines)[-3000:]}{others}")
 
     def send(self, line: str) -> None:
         self.process.stdin.write(line + "\n")
