@@ -1,11 +1,13 @@
 """
-A 100 MiB stream across two real kernel NATs that lose and reorder packets:
-it arrives byte-exact, in bounded time.
+A stream across two real kernel NATs that lose and reorder packets: it
+arrives byte-exact, in bounded time.  24 MiB is enough to see hundreds of
+losses, retransmissions and reorderings; ``benchmarks/stream_throughput.py``
+moves 100 MiB and more the same way and prints the rates.
 
 Each node is a worker process in its lab host that embeds a PilotNode (see
 ``benchmarks/stream_throughput.py``, whose worker modes this test runs):
 trust is set up through the nodes' control sockets with the operator's
-commands (``handshake``/``approve``), then the sender streams 100 MiB of
+commands (``handshake``/``approve``), then the sender streams 24 MiB of
 distinct chunks and the receiver reports their SHA-256.
 """
 
@@ -28,8 +30,8 @@ needs_lab = pytest.mark.skipif(
 )
 
 MiB = 1024 * 1024
-SIZE = 100 * MiB
-TIME_LIMIT = 240.0
+SIZE = 24 * MiB
+TIME_LIMIT = 120.0
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "stream_throughput.py"
 
 
@@ -49,7 +51,7 @@ def workdir():
 
 
 @needs_lab
-def test_100_mib_across_lossy_reordering_nats_arrives_intact(workdir):
+def test_a_stream_across_lossy_reordering_nats_arrives_intact(workdir):
     from pilotproto.lab import Lab
     from pilotproto.lab.pilot import LabBeacon
 
@@ -65,7 +67,7 @@ def test_100_mib_across_lossy_reordering_nats_arrives_intact(workdir):
         wall = time.monotonic() - started
         beacon.kill()
     print(
-        f"\n100 MiB over 2x(10 % loss + 10 % reorder) NATs: {result['seconds']:.1f} s "
+        f"\n{SIZE // MiB} MiB over 2x(10 % loss + 10 % reorder) NATs: {result['seconds']:.1f} s "
         f"({SIZE * 8 / result['seconds'] / 1e6:.1f} Mbit/s) on path {result['path']}; sender {result['sender']}; "
         f"{wall:.1f} s with setup"
     )
