@@ -17,6 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from pilotproto.common import timeouts
 from pilotproto.control.daemon import DaemonNode
 from pilotproto.endpoints import PilotClientEndpoint, PilotServerEndpoint
 from pilotproto.errors import AlreadyRunning, InvalidArgument, NotFound, NotRunning, NotTrusted, PilotError, Timeout
@@ -135,8 +136,8 @@ class FakeSessions:
         """Not used here."""
 
 
-def port_table(result=None):
-    table = PortTable("agent-a", "0:0000.0000.0001")
+def port_table(result=None, clock=None):
+    table = PortTable("agent-a", "0:0000.0000.0001", clock or Clock())
     sessions = FakeSessions(result)
     table.wire(sessions)
     return table, sessions
@@ -159,6 +160,19 @@ def test_port_table_dial_refused_by_the_peer():
     sessions.stream.handler.stream_failed(ConnectionRefused())
     refused = failure_of(d).value
     assert isinstance(refused, error.ConnectionRefusedError) and refused.code == "connection_refused"
+
+
+def test_port_table_dial_that_is_never_accepted_times_out():
+    clock = Clock()
+    table, sessions = port_table(clock=clock)
+    d = table.dial("agent-b", 80, Factory.forProtocol(Protocol))
+    clock.advance(timeouts.STREAM_CONNECT - 0.1)
+    assert not d.called
+    clock.advance(0.2)
+    timed_out = failure_of(d).value
+    assert isinstance(timed_out, error.TimeoutError) and timed_out.code == "timeout"
+    assert "agent-b did not accept a stream on port 80" in str(timed_out)
+    assert sessions.stream.resets  # the half-open stream is given up, not left behind
 
 
 def test_port_table_cannot_listen_twice():

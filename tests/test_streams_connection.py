@@ -221,6 +221,19 @@ def test_opening_takes_no_round_trip_and_acceptance_arrives_after_one():
     assert collector.events == ["accepted"]
 
 
+def test_a_lost_accepting_frame_is_sent_again():
+    # The opener writes nothing until it hears the stream was accepted (a
+    # Twisted client does), so the acceptor's empty frame at offset 0 is the
+    # only thing it waits for: losing it must not leave the opener waiting forever.
+    h = Harness(link=dict(delay=0.01))
+    h.ba.loss = 1.0  # everything b sends, its accepting frame included, is lost for a while
+    stream, collector = h.open()
+    h.clock.advance(0.05)
+    assert h.incoming and collector.events == []
+    h.ba.loss = 0.0
+    assert h.run(lambda: collector.events == ["accepted"], limit=10.0)
+
+
 def test_datagrams_arrive_by_port_and_are_not_retransmitted():
     h = Harness(link=dict(delay=0.005))
     h.a.send_datagram(53, b"query")

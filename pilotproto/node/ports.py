@@ -17,8 +17,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..common import timeouts
 from ..common.names import check_port
-from ..errors import AlreadyRunning, InvalidArgument, PilotError
+from ..errors import AlreadyRunning, InvalidArgument, PilotError, Timeout
 from .failures import as_connect_error, as_listen_error
 from ..interfaces import ISessions, IStreamAcceptor
 from ..streams.transport import PilotAddress, connect_protocol
@@ -83,6 +84,8 @@ class PortTable:
 
     hostname: str
     address: str
+    #: times out a dial that is never answered (``IReactorTime``)
+    clock: object
     _sessions: object = attrs.field(default=None, init=False)
     _listeners: dict = attrs.field(factory=dict, init=False)
     _datagram_handlers: dict = attrs.field(factory=dict, init=False)
@@ -145,7 +148,12 @@ class PortTable:
         refused, unknown peer, timeout are ConnectError subclasses that are
         PilotErrors too."""
         check_port(port)
-        return self._dial(target, port, factory).addErrback(_connect_failed)
+        dialling = self._dial(target, port, factory)
+        # Lookup, tunnel handshake and the peer's accept, all in one bound: a
+        # peer that never answers (or an answer lost for good) is a timeout,
+        # never a connect that waits forever.
+        dialling.addTimeout(timeouts.STREAM_CONNECT, self.clock, onTimeoutCancel=_dial_timed_out(target, port))
+        return dialling.addErrback(_connect_failed)
 
     @defer.inlineCallbacks
     def _dial(self, target: str, port: int, factory):
@@ -175,6 +183,18 @@ class PortTable:
         handler = self._datagram_handlers.get(port)
         if handler is not None:
             handler(state, data)
+
+
+def _dial_timed_out(target: str, port: int):
+    def timed_out(result, seconds):
+        if isinstance(result, Failure) and result.check(defer.CancelledError):
+            return Failure(Timeout(
+                f"{target} did not accept a stream on port {port} within {seconds:g} s",
+                hint=f"Check that {target} is up and trusts you: pilotctl ping {target}",
+            ))
+        return result
+
+    return timed_out
 
 
 def _connect_failed(failure):

@@ -120,7 +120,7 @@ class PilotNode(service.MultiService):
             auto_approve=bool(config.auto_approve),
         )
         #: who listens on which virtual port
-        self.ports = PortTable(config.hostname, str(self.address))
+        self.ports = PortTable(config.hostname, str(self.address), reactor)
         self.sessions = Sessions(
             reactor,
             self.identity,

@@ -393,8 +393,11 @@ class Stream:
         offset, length, fin = lost
         if length:
             self._retx.append((offset, offset + length))
-        elif offset == 0 and not fin and not self.peer_seen and self._acked.prefix == 0:
-            self.announce = True  # the opening (or accepting) frame was lost
+        elif offset == 0 and not fin and self._acked.prefix == 0 and not (self.local and self.peer_seen):
+            # The opening frame was lost and the peer has not answered yet, or
+            # the accepting frame was lost: the opener waits for it (having
+            # seen the opener's frame says nothing about the opener seeing ours).
+            self.announce = True
         if fin:
             self._retx_fin = True
         self._conn.stream_ready(self)
