@@ -244,3 +244,19 @@ def test_pilot_address_prints_hostname_and_port():
     assert str(B) == "agent-b:7"
     assert str(PilotAddress(None, "0:0000.0000.0002", 80)) == "0:0000.0000.0002:80"
     assert isinstance(StreamTransport, type)
+
+
+def test_a_pilot_address_has_the_host_that_twisted_web_wsgi_reads():
+    # twisted.web.wsgi sets REMOTE_ADDR from getClientAddress().host: without
+    # it, every WSGI app served on a pilot: port answered 500.
+    from twisted.web.test.requesthelper import DummyRequest
+    from twisted.web.wsgi import _WSGIResponse
+
+    peer = PilotAddress("agent-b", "0:8EAC.9041.50DA", 49152)
+    assert peer.host == "0:8EAC.9041.50DA"
+    request = DummyRequest([b""])
+    request.client = peer
+    request.isSecure = lambda: False
+    request.content = None
+    environ = _WSGIResponse(None, None, lambda *a: [], request).environ
+    assert environ["REMOTE_ADDR"] == "0:8EAC.9041.50DA"

@@ -29,8 +29,8 @@ import attrs
 
 from ..errors import InvalidArgument, PilotError, ProtocolError
 
-MAX_REQUEST_LINE = 64 * 1024
-"""Longest request line accepted, newline included."""
+MAX_REQUEST_LINE = 128 * 1024
+"""Longest request line accepted, newline included: room for a 64 KiB message or event in base64."""
 
 MAX_RESPONSE_LINE = 1024 * 1024
 """Longest response (or event) line sent; clients must accept at least this much."""

@@ -39,6 +39,11 @@ class PilotAddress:
     def __str__(self) -> str:
         return f"{self.hostname or self.address}:{self.port}"
 
+    @property
+    def host(self) -> str:
+        """The pilot address, where code written for ``IPv4Address`` reads ``host`` (WSGI's ``REMOTE_ADDR``)."""
+        return self.address
+
 
 @implementer(ITransport, ITCPTransport, IPushProducer, IConsumer, IStreamHandler)
 class StreamTransport:
