@@ -301,6 +301,9 @@ class _TrustAll:
     def is_trusted(self, public_key):
         return True
 
+    def hostname_of(self, public_key):
+        return None
+
 
 @implementer(IPeerDirectory)
 class _Directory:

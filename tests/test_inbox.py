@@ -1,4 +1,4 @@
-"""The port-1001 inbox without a network: framing, names, checksums, the message queue."""
+"""The port-1001 inbox without a network: framing, names, checksums, the durable items."""
 
 import hashlib
 import json
@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from pilotproto.errors import InvalidArgument, PilotError, ProtocolError
+from pilotproto.node import mailstore
 from pilotproto.node.inbox import (
-    MAX_QUEUED_MESSAGES,
     ChecksumMismatch,
     Inbox,
     InboxProtocol,
@@ -56,7 +56,8 @@ def test_a_file_lands_in_the_inbox_and_never_overwrites(tmp_path):
         _, transport = deliver(inbox, file_chunks(data, "report.txt"))
         answer = reply(transport)
         assert answer == {"status": "ok", "kind": "file", "name": expected, "size": len(data),
-                          "sha256": hashlib.sha256(data).hexdigest()}
+                          "sha256": hashlib.sha256(data).hexdigest(), "id": answer["id"], "duplicate": False,
+                          "path": os.path.join(os.path.abspath(inbox.directory), expected)}
         assert transport.disconnecting
     assert listing(inbox) == ["report (1).txt", "report (2).txt", "report.txt"]
     assert open(os.path.join(inbox.directory, "report.txt"), "rb").read() == data
@@ -68,7 +69,7 @@ def test_a_traversal_name_keeps_only_its_last_component(tmp_path):
     _, transport = deliver(inbox, file_chunks(b"payload", "../../etc/x"))
     assert reply(transport)["name"] == "x"
     assert listing(inbox) == ["x"]
-    assert not (tmp_path / "etc").exists() and sorted(os.listdir(home)) == ["inbox"]
+    assert not (tmp_path / "etc").exists() and sorted(os.listdir(home)) == ["inbox", "inbox.db"]
 
 
 @pytest.mark.parametrize("name", ["..", "../..", "", ".", ".hidden", "dir/", "a\x00b", "bad\nname", None, "x" * 300])
@@ -133,13 +134,17 @@ def test_messages_queue_and_recv_waits_for_them(tmp_path):
     assert inbox.recv(None, 0).result == {"messages": []}
 
 
-def test_the_message_queue_is_bounded(tmp_path):
+def test_the_inbox_is_bounded_per_sender_and_says_no_space(tmp_path, monkeypatch):
+    monkeypatch.setattr(mailstore, "MAX_ITEMS_PER_SENDER", 5)
     inbox = Inbox(str(tmp_path), Clock())
-    for i in range(MAX_QUEUED_MESSAGES + 5):
+    for i in range(5):
         data = str(i).encode()
         inbox.store_message(PEER, data, hashlib.sha256(data).hexdigest())
+    data = b"one too many"
+    _, transport = deliver(inbox, [encode_header("message", len(data), hashlib.sha256(data).hexdigest()), data])
+    assert reply(transport)["code"] == "no_space"
     messages = inbox.recv(None, 0).result["messages"]
-    assert len(messages) == MAX_QUEUED_MESSAGES and messages[0]["text"] == "5"
+    assert [m["text"] for m in messages] == ["0", "1", "2", "3", "4"]
 
 
 def test_recv_checks_its_arguments(tmp_path):
@@ -160,7 +165,7 @@ def test_recv_checks_its_arguments(tmp_path):
 def test_header_round_trip(kind, size, digest, name):
     name = name if kind == "file" else None
     header = parse_header(encode_header(kind, size, digest, name).rstrip(b"\n"))
-    assert header == {"kind": kind, "size": size, "sha256": digest, "name": name.strip() if name else None}
+    assert header == {"kind": kind, "size": size, "sha256": digest, "name": name.strip() if name else None, "id": None}
 
 
 @settings(max_examples=300)

@@ -231,6 +231,8 @@ def run_send_file(args, ctx) -> dict:
         "peer": stream.info.get("peer"),
         "path": os.path.abspath(path),
         "name": reply.get("name"),
+        "stored_path": reply.get("path"),
+        "id": reply.get("id"),
         "size": size,
         "sha256": digest,
         "seconds": round(seconds, 3),
@@ -242,6 +244,7 @@ def render_send_file(data: dict) -> str:
     return (
         f"Sent {data['size']} bytes to {data['peer']} as {data['name']!r} in {data['seconds']:.2f} s "
         f"({data['mb_per_s']:.1f} MiB/s); SHA-256 verified on arrival."
+        + (f"\nOn {data['peer']} it is {data['stored_path']} (in its 'pilotctl inbox')." if data.get("stored_path") else "")
     )
 
 

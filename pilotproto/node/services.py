@@ -3,7 +3,9 @@ The services every node runs on well-known ports.
 
 Port 7 is echo (RFC 862, over a stream): whatever arrives goes back, and the
 write side closes when the read side does, so ``pilotctl bench`` can measure
-goodput both ways through a real stream.
+goodput both ways through a real stream.  Port 1001 is the inbox (messages
+and files), port 1002 events (:mod:`pilotproto.node.events`): one item per
+stream, each through :class:`~pilotproto.node.inbox.ItemProtocol`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from .inbox import INBOX_PORT, InboxFactory
+from .events import EVENTS_PORT
+from .inbox import INBOX_PORT, ItemFactory
 
 ECHO_PORT = 7
 
@@ -39,7 +42,9 @@ class EchoFactory(Factory):
     noisy = False
 
 
-def start_standard_services(ports, inbox) -> None:
-    """Echo on 7, the inbox (messages and files) on 1001."""
+def start_standard_services(ports, inbox, events=None) -> None:
+    """Echo on 7, the inbox (messages and files) on 1001, events on 1002."""
     ports.listen(ECHO_PORT, EchoFactory())
-    ports.listen(INBOX_PORT, InboxFactory(inbox))
+    ports.listen(INBOX_PORT, ItemFactory(inbox))
+    if events is not None:
+        ports.listen(EVENTS_PORT, ItemFactory(events))

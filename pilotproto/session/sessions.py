@@ -170,6 +170,9 @@ class Sessions:
             if previous is not None:
                 previous.end(ConnectionClosed(f"the session with {previous.label()} was replaced"))
                 peer.carry_over(previous)
+            if peer.hostname is None:
+                # A session the peer opened: name it as we trust it, before any lookup.
+                peer.hostname = self._trust.hostname_of(key)
             self.peers[key] = peer
         return peer
 

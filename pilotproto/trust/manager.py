@@ -102,6 +102,10 @@ class TrustManager:
         """Do we trust ``public_key``?  (A session also needs the peer to trust us.)"""
         return self.book.is_trusted(public_key)
 
+    def hostname_of(self, public_key: bytes) -> str | None:
+        entry = self.book.get(public_key)
+        return entry.hostname if entry is not None else None
+
     def trusted(self) -> list[dict]:
         return self.book.describe()
 
