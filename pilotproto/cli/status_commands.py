@@ -10,6 +10,7 @@ import os
 from ..control.client import ControlClient
 from ..errors import InvalidArgument, NotRegistered, PilotError, Unavailable
 from ..node.config import NodeConfig
+from .forward_commands import expose_lines, forward_lines
 from .output import CommandFailed, duration
 from .session_commands import peers_table
 
@@ -105,6 +106,7 @@ def run_status(args, ctx) -> dict:
         "peers": peers,
         "pending": trust.get("pending") or [],
         "outgoing": [o for o in trust.get("outgoing") or [] if o.get("state") in ("queued", "sent")],
+        **_forwards_and_exposes(client),
     }
     if not info.get("registered"):
         error = info.get("beacon_error") if isinstance(info.get("beacon_error"), dict) else {}
@@ -117,6 +119,15 @@ def run_status(args, ctx) -> dict:
             data,
         )
     return data
+
+
+def _forwards_and_exposes(client) -> dict:
+    """``pilotctl forward``s and ``expose``s with their counts (none from a daemon that has no such commands)."""
+    try:
+        return {"forwards": client.call("forwards", timeout=5.0).get("forwards", []),
+                "exposes": client.call("exposes", timeout=5.0).get("exposes", [])}
+    except PilotError:
+        return {"forwards": [], "exposes": []}
 
 
 def render_status(data: dict) -> str:
@@ -145,6 +156,10 @@ def render_status(data: dict) -> str:
         lines.append(f"request from {r['hostname']} ({r['address']}): {r['reason']!r}  -> pilotctl approve {r['hostname']}")
     for o in outgoing:
         lines.append(f"waiting for {o['target']} to approve ({o['state']})")
+    if data.get("forwards") or data.get("exposes"):
+        lines.append("")
+    lines += [f"forward {line}" if not line.startswith(" ") else line for line in forward_lines(data.get("forwards") or [])]
+    lines += [f"expose {line}" if not line.startswith(" ") else line for line in expose_lines(data.get("exposes") or [])]
     return "\n".join(lines)
 
 

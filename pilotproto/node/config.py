@@ -23,6 +23,7 @@ import attrs
 from ..common.home import CONFIG_FILE, CONTROL_SOCKET, LOG_FILE, PID_FILE, resolve_home  # noqa: F401  (re-exported)
 from ..common.names import check_hostname  # noqa: F401  (re-exported)
 from ..errors import InvalidArgument, StateError
+from .bridge_specs import load_exposes, load_forwards
 
 DEFAULT_BEACON_PORT = 9000
 DEFAULT_BEACON_TLS_PORT = 443
@@ -77,7 +78,13 @@ def parse_fingerprint(text: str) -> bytes:
 _UNSET_NOT_SAVED = {"beacon_tls", "beacon_ca", "beacon_fingerprint"}
 
 
+#: lists written to config.json only when not empty
+_EMPTY_NOT_SAVED = {"forwards", "exposes"}
+
+
 def _worth_saving(attribute, value) -> bool:
+    if attribute.name in _EMPTY_NOT_SAVED:
+        return bool(value)
     return value is not None or attribute.name not in _UNSET_NOT_SAVED
 
 
@@ -95,6 +102,10 @@ class NodeConfig:
     beacon_ca: str | None = None
     #: SHA-256 of the beacon's certificate, hex: trust exactly that certificate
     beacon_fingerprint: str | None = None
+    #: ``pilotctl forward``s restored at start: ``[{"bind", "local_port", "target", "port"}]`` (bridge_specs)
+    forwards: list = attrs.field(factory=list)
+    #: ``pilotctl expose``s restored at start: ``[{"port", "host", "tcp_port", "allow"}]`` (bridge_specs)
+    exposes: list = attrs.field(factory=list)
 
     def validate(self) -> "NodeConfig":
         if self.hostname is not None:
@@ -107,6 +118,8 @@ class NodeConfig:
             parse_hostport(self.beacon_tls, DEFAULT_BEACON_TLS_PORT)
         if self.beacon_fingerprint is not None:
             parse_fingerprint(self.beacon_fingerprint)
+        self.forwards = load_forwards(self.forwards)
+        self.exposes = load_exposes(self.exposes)
         return self
 
     def beacon_tls_hostport(self) -> tuple[str, int] | None:
