@@ -5,6 +5,14 @@ Every error carries a stable machine-readable ``code`` (what ``pilotctl
 --json`` prints and what the control socket sends), a message a person can
 act on, and an optional ``hint`` saying what to do next.  The class
 docstring's first line is the default message.
+
+The errors a caller meets when connecting also subclass the builtin that
+asyncio and socket code already catches (``NotRunning`` and
+``ConnectionRefused`` are ``ConnectionRefusedError``, ``Timeout`` is
+``TimeoutError``, ``PermissionDenied`` is ``PermissionError``, ``NotFound``
+is ``LookupError``), so ``except OSError:`` in an agent framework sees them
+too.  The Twisted flavours (``ConnectError``...) are in
+:mod:`pilotproto.node.failures`, above this Twisted-free ground.
 """
 
 from __future__ import annotations
@@ -60,14 +68,14 @@ class InvalidArgument(PilotError, ValueError):
     code = "invalid_argument"
 
 
-class NotFound(PilotError):
+class NotFound(PilotError, LookupError):
     """No such node is known to the beacon, or it is not visible to you."""
 
     code = "not_found"
     hint = "Check the name; a private node is visible only to nodes it trusts."
 
 
-class NotRunning(PilotError):
+class NotRunning(PilotError, ConnectionRefusedError):
     """The pilot daemon is not running."""
 
     code = "not_running"
@@ -81,7 +89,7 @@ class AlreadyRunning(PilotError):
     hint = "Stop it with 'pilotctl daemon stop', or use another --home."
 
 
-class Timeout(PilotError):
+class Timeout(PilotError, TimeoutError):
     """The operation timed out."""
 
     code = "timeout"
@@ -121,6 +129,13 @@ class Refused(PilotError):
     code = "refused"
 
 
+class ConnectionRefused(Refused, ConnectionRefusedError):
+    """Connection refused: nothing listens on that port of the peer."""
+
+    code = "connection_refused"
+    hint = "Check the port number, and that a service listens on it on the peer (pilotctl expose PORT TCPPORT, pilotctl listen PORT, or a pilot:PORT server endpoint)."
+
+
 class RateLimited(PilotError):
     """Too many requests: the beacon asks you to slow down."""
 
@@ -140,7 +155,7 @@ class StateError(PilotError):
     hint = "Move the file aside yourself if you mean to start over; pilot never replaces an identity silently."
 
 
-class PermissionDenied(PilotError):
+class PermissionDenied(PilotError, PermissionError):
     """Permission denied."""
 
     code = "permission_denied"

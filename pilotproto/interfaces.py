@@ -139,6 +139,10 @@ class ITrustPolicy(Interface):
     def is_trusted(public_key):
         """True if this node trusts the Ed25519 ``public_key``."""
 
+    def hostname_of(public_key):
+        """The name this node trusts ``public_key`` under, or None (a session a peer
+        opened is then labelled by that name before any lookup)."""
+
 
 class ITrustListener(Interface):
     """Told when trust in a peer begins or ends (the session layer)."""
@@ -187,6 +191,45 @@ class ISessions(Interface):
 
     def stop():
         """Close every session (telling peers) and stop every timer."""
+
+
+# -- messages and events (the node's workers) -------------------------------------------
+
+
+class IMailPeers(Interface):
+    """The peers messages and events go to, as the mail workers see them (the boss adapts trust and ports)."""
+
+    def trusted_peers():
+        """A list of dicts (``hostname``, ``address``) of the peers this node trusts, now."""
+
+    def lookup(target):
+        """A Deferred firing with the directory's dict for ``target`` (NotFound if it is not visible)."""
+
+    def dial(target, port, factory):
+        """A Deferred firing with ``factory``'s protocol on a new stream to ``target``'s ``port``."""
+
+
+class IItemCarrier(Interface):
+    """Carries one item to a peer's port (one stream: header, body, the receiver's answer)."""
+
+    def deliver(address, port, header, data):
+        """A Deferred firing with the receiver's ok answer (a dict), or failing with its error."""
+
+
+class IOutbox(Interface):
+    """The durable per-peer outbox: in order, one in flight per peer, retried with backoff."""
+
+    def enqueue(address, port, id, kind, header, data, replaces=None):
+        """Store an item for ``address`` (on disk when this returns) and start delivering; its number."""
+
+    def when_acked(n):
+        """A Deferred firing with the receiver's answer once item ``n`` is acked."""
+
+    def peer_seen(address):
+        """``address`` reached us: retry what waits for it now."""
+
+    def drop_peer(address):
+        """Forget every item queued for ``address`` (trust in it ended)."""
 
 
 # -- the node as its users see it -------------------------------------------------------
@@ -248,6 +291,50 @@ class IPilotNode(Interface):
 
     def recv(count=None, timeout=0):
         """``{"messages": [...]}`` from the inbox (port 1001)."""
+
+    # -- messages and events
+
+    def send_message(target, data, wait=10):
+        """Send ``data`` (bytes) to ``target``'s inbox through the durable outbox; a dict
+        (id, peer, address, size, sha256, state: "delivered" or "queued" after ``wait`` s)."""
+
+    def inbox(after=0, count=1000, timeout=0, kind=None):
+        """``{"messages": [ITEM...], "last": SEQ}``: stored items after ``after`` (not removed),
+        long-polling up to ``timeout`` s for one."""
+
+    def inbox_delete(seqs):
+        """``{"deleted": N}``: remove the items with these seqs."""
+
+    def publish(topic, data):
+        """Publish ``data`` (bytes) on ``topic``; ``{"id", "topic", "size", "subscribers"}``."""
+
+    def subscribe(pattern, after, on_event):
+        """Call ``on_event(dict)`` for every event matching ``pattern`` (stored ones after seq
+        ``after`` first, when it is not None); fires with a handle: ``.last`` (the newest
+        stored seq) and ``.close()``."""
+
+    # -- forwards and exposes
+
+    def forward(bind, local_port, target, port):
+        """Listen on TCP ``bind:local_port`` (``bind`` None: 127.0.0.1; port 0: any) and bridge each
+        connection to a stream to ``target:port``; saved in config.json.  A dict describing it
+        (``local_port`` is the real one); fails with ``port_in_use``, ``already_running``, ..."""
+
+    def forwards():
+        """``{"forwards": [...]}``: each forward, its ``listening``/``error`` and its counts."""
+
+    def unforward(bind, local_port):
+        """Stop the forward on ``bind:local_port`` and unsave it; ``{"removed": {...}}``."""
+
+    def expose(port, host, tcp_port, allow=()):
+        """Bridge every stream to virtual ``port`` to TCP ``host:tcp_port`` (``host`` None: 127.0.0.1),
+        for trusted peers, or only ``allow`` (names or addresses); saved in config.json.  A dict."""
+
+    def exposes():
+        """``{"exposes": [...]}``: each expose, its ``listening``/``error`` and its counts."""
+
+    def unexpose(port):
+        """Stop exposing ``port`` and unsave it; ``{"removed": {...}}``."""
 
     def shutdown():
         """Stop the node; fires once it heard the request (not once it stopped)."""

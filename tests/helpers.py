@@ -186,6 +186,9 @@ class StaticTrust:
     def is_trusted(self, public_key):
         return self.keys is None or public_key in self.keys
 
+    def hostname_of(self, public_key):
+        return None
+
 
 @implementer(ITunnelOwner)
 class RecordingTunnelOwner:
@@ -602,6 +605,27 @@ class FakePilotNode:
 
     def shutdown(self):
         return self._answer("shutdown", default={"stopping": True, "pid": 1})
+
+    # forwards and exposes: recorded, answered from ``results``
+    def forward(self, bind, local_port, target, port):
+        return self._answer("forward", bind, local_port, target, port,
+                            default={"bind": bind or "127.0.0.1", "local_port": local_port, "target": target, "port": port})
+
+    def forwards(self):
+        return self._answer("forwards", default={"forwards": []})
+
+    def unforward(self, bind, local_port):
+        return self._answer("unforward", bind, local_port, default={"removed": {}})
+
+    def expose(self, port, host, tcp_port, allow=()):
+        return self._answer("expose", port, host, tcp_port, list(allow),
+                            default={"port": port, "host": host or "127.0.0.1", "tcp_port": tcp_port, "allow": []})
+
+    def exposes(self):
+        return self._answer("exposes", default={"exposes": []})
+
+    def unexpose(self, port):
+        return self._answer("unexpose", port, default={"removed": {}})
 
     def listen(self, port, factory):
         from pilotproto.errors import AlreadyRunning

@@ -15,6 +15,10 @@ from helpers import FakePilotNode
 
 COMMANDS = ["accept", "approve", "connect", "handshake", "info", "listen", "lookup", "peers", "pending", "ping",
             "recv", "reject", "revoke", "shutdown", "trust"]
+#: pilotproto/control/forward_commands.py's
+COMMANDS = sorted(COMMANDS + ["forward", "forwards", "unforward", "expose", "exposes", "unexpose"])
+#: pilotproto/control/message_commands.py's
+COMMANDS = sorted(COMMANDS + ["send_message", "inbox", "inbox_delete", "publish", "subscribe"])
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def exchange(node, *requests):
 def test_the_table_is_todays_command_set(node):
     table = ControlCommands(node).table()
     assert sorted(table) == COMMANDS
-    assert sorted(name for name, command in table.items() if command.upgrades) == ["accept", "connect", "listen"]
+    assert sorted(name for name, command in table.items() if command.upgrades) == ["accept", "connect", "listen", "subscribe"]
 
 
 def test_the_node_must_provide_ipilotnode():

@@ -10,7 +10,7 @@ ground: errors, wire, identity, common, interfaces
 3: session                               (sessions, paths, NAT probing)
 4: node                                  (the boss and its own workers)
 5: control
-6: endpoints, http, tap, cli, lab
+6: endpoints, http, tap, cli, lab, aio
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ LAYERS = {
     "session": 3,
     "node": 4,
     "control": 5,
-    "endpoints": 6, "http": 6, "tap": 6, "cli": 6, "lab": 6,
+    "endpoints": 6, "http": 6, "tap": 6, "cli": 6, "lab": 6, "aio": 6,
 }
 #: siblings in one layer that must still not know each other
 FORBIDDEN = {("beacon", "trust"), ("beacon", "tunnel"), ("beacon", "streams"), ("tunnel", "trust"), ("streams", "trust")}

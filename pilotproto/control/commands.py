@@ -14,6 +14,8 @@ from __future__ import annotations
 from ..common.wiring import check_provides
 from ..errors import InvalidArgument
 from ..interfaces import IPilotNode
+from .forward_commands import ForwardCommands
+from .message_commands import MessageCommands
 from .server import Command
 from .upgrade import StreamCommands
 
@@ -46,6 +48,8 @@ class ControlCommands:
             "connect": Command(self.streams.connect, upgrades=True),
             "listen": Command(self.streams.listen, upgrades=True),
             "accept": Command(self.streams.accept, upgrades=True),
+            **ForwardCommands(self._node).table(),
+            **MessageCommands(self._node).table(),
         }
 
     # -- the node ------------------------------------------------------------------------

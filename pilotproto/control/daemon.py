@@ -24,6 +24,7 @@ retrying with backoff through a ``ClientService``, and says so in the log.
 
 from __future__ import annotations
 
+import base64
 import enum
 import os
 import socket
@@ -49,6 +50,7 @@ from ..streams.transport import PilotAddress
 from .client import ControlClient
 from .codec import MAX_RESPONSE_LINE, BadResponse, decode_event
 from .link import ControlEndpoint, PipedProtocol, call
+from .message_commands import subscribe_through
 from .socketfile import peer_pid
 
 #: how soon a pilot: server tries to listen again after its daemon went, and how much later at most
@@ -126,6 +128,50 @@ class DaemonNode:
         wait = (timeout if isinstance(timeout, (int, float)) else 0) + timeouts.CONTROL_COMMAND
         return self._call("recv", {"count": count, "timeout": timeout}, timeout=wait)
 
+    # -- messages and events: one control call each (subscribe: an upgraded feed)
+
+    def send_message(self, target, data, wait=10):
+        timeout = _number(wait) + timeouts.CONTROL_CONNECT
+        return defer.maybeDeferred(lambda: self._call("send_message", {"target": target, "data": _b64(data), "wait": wait}, timeout))
+
+    def inbox(self, after=0, count=1000, timeout=0, kind=None):
+        args = {"after": after, "count": count, "timeout": timeout, "kind": kind}
+        return self._call("inbox", args, timeout=_number(timeout) + timeouts.CONTROL_COMMAND)
+
+    def inbox_delete(self, seqs):
+        return self._call("inbox_delete", {"seqs": list(seqs)})
+
+    def publish(self, topic, data):
+        return defer.maybeDeferred(lambda: self._call("publish", {"topic": topic, "data": _b64(data)}))
+
+    def subscribe(self, pattern, after, on_event):
+        def endpoint_for(cmd, args, addresses):
+            return self._endpoint(cmd, args, timeouts.CONTROL_COMMAND, addresses)
+
+        return subscribe_through(endpoint_for, pattern, after, on_event)
+
+    # -- forwards and exposes: one control call each
+
+    def forward(self, bind, local_port, target, port):
+        return self._call("forward", {"bind": bind, "local_port": local_port, "target": target, "port": port})
+
+    def forwards(self):
+        return self._call("forwards")
+
+    def unforward(self, bind, local_port):
+        return self._call("unforward", {"bind": bind, "local_port": local_port})
+
+    def expose(self, port, host, tcp_port, allow=()):
+        args = {"port": port, "host": host, "tcp_port": tcp_port, "allow": list(allow or ())}
+        # Names in allow may need the beacon (a lookup): as long as a stream's connect may take.
+        return self._call("expose", args, timeout=timeouts.CONTROL_CONNECT)
+
+    def exposes(self):
+        return self._call("exposes")
+
+    def unexpose(self, port):
+        return self._call("unexpose", {"port": port})
+
     def shutdown(self):
         return self._call("shutdown")
 
@@ -192,6 +238,16 @@ class DaemonNode:
         if stream.early:
             piped.dataReceived(stream.early)
         return True
+
+
+def _b64(data) -> str:
+    if not isinstance(data, bytes):
+        raise InvalidArgument("data must be bytes")
+    return base64.b64encode(data).decode("ascii")
+
+
+def _number(value) -> float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
 def _connect_failed(failure):

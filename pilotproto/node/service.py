@@ -14,12 +14,14 @@ The workers, and who talks to whom::
         ^                         ^            +--> NatService (NAT discovery)
         |                         |            '--> Sessions (tunnels, paths, streams)
         |   BeaconLink's TLS link-'                    |         |
-        '--- every layer sends through IDatagramSender  |         '--> PortTable --> Echo, Inbox, ...
+        '--- every layer sends through IDatagramSender  |         '--> PortTable --> Echo, Mail (1001, 1002), ...
                                                        '--> TrustManager (via the boss: ITrustListener)
+    Forwards (pilotctl forward / expose) --> IPilotNode dial / listen
 
 Things that start and stop are child services, started in this order and
 stopped in the reverse one: the UDP socket, the beacon link, NAT
-discovery (and the control socket, which the layer above attaches, see
+discovery, the mail (durable inbox, outbox, events), the forwards (and
+the control socket, which the layer above attaches, see
 :class:`pilotproto.control.service.ControlService`).  Sessions and trust stop
 first, so their goodbyes still have a socket to leave by.
 """
@@ -44,7 +46,9 @@ from ..rendezvous.link import BeaconLink
 from ..session.sessions import Sessions
 from ..trust.manager import TrustManager
 from .config import NodeConfig, parse_fingerprint, parse_hostport, resolve_home
-from .inbox import Inbox
+from .forwards import Forwards
+from .delivery import MailPeers
+from .messages import Mail
 from .nat import NatService
 from .ports import PortTable
 from .router import DatagramRouter
@@ -134,14 +138,18 @@ class PilotNode(service.MultiService):
             allow_direct=allow_direct,
         )
         self.ports.wire(self.sessions)
-        #: messages and files peers sent to port 1001
-        self.inbox = Inbox(self.home, reactor)
-        start_standard_services(self.ports, self.inbox)
+        #: messages and files (port 1001) and events (port 1002), durable both ways
+        self.mail = Mail(reactor, self.home, MailPeers(self.trust, self.link, self.ports), ids,
+                         config.hostname, str(self.address))
+        start_standard_services(self.ports, self.mail.inbox, self.mail.events)
         self.router = DatagramRouter(self.link, self.nat, self.sessions)
         self.udp.wire(self.router)
         self.link.wire(router=self.router, mail=self.trust, observer=self.nat)
-        for child in (self.udp, self.link, self.nat):
+        for child in (self.udp, self.link, self.nat, self.mail):
             child.setServiceParent(self)
+        #: pilotctl forward / expose: TCP <-> overlay bridges, restored from config.json (after the UDP socket)
+        self.forwarding = Forwards(reactor, self, self.home, config.forwards, config.exposes)
+        self.forwarding.setServiceParent(self)
 
     # -- identity ------------------------------------------------------------
 
@@ -180,9 +188,11 @@ class PilotNode(service.MultiService):
 
     def trust_established(self, public_key: bytes) -> None:
         self.sessions.trust_established(public_key)
+        self.mail.trust_established(public_key)
 
     def trust_revoked(self, public_key: bytes) -> None:
         self.sessions.trust_revoked(public_key)
+        self.mail.trust_revoked(public_key)
 
     # -- IPilotNode ---------------------------------------------------------------------
 
@@ -252,7 +262,44 @@ class PilotNode(service.MultiService):
         return defer.maybeDeferred(self.ports.listen, port, factory)
 
     def recv(self, count=None, timeout=0) -> defer.Deferred:
-        return defer.maybeDeferred(self.inbox.recv, count, timeout)
+        return defer.maybeDeferred(self.mail.inbox.recv, count, timeout)
+
+    # -- messages and events (the mail worker) --
+
+    def send_message(self, target, data, wait=10) -> defer.Deferred:
+        return defer.maybeDeferred(self.mail.send_message, target, data, wait)
+
+    def inbox(self, after=0, count=None, timeout=0, kind=None) -> defer.Deferred:
+        return defer.maybeDeferred(self.mail.inbox.inbox, after, count, timeout, kind)
+
+    def inbox_delete(self, seqs) -> defer.Deferred:
+        return defer.maybeDeferred(self.mail.inbox.delete, seqs)
+
+    def publish(self, topic, data) -> defer.Deferred:
+        return defer.maybeDeferred(self.mail.events.publish, topic, data)
+
+    def subscribe(self, pattern, after, on_event) -> defer.Deferred:
+        return defer.maybeDeferred(self.mail.events.subscribe, pattern, after, on_event)
+
+    # -- forwards and exposes (the Forwards worker) ---------------------------------------
+
+    def forward(self, bind, local_port, target, port) -> defer.Deferred:
+        return defer.maybeDeferred(self.forwarding.forward, bind, local_port, target, port)
+
+    def forwards(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.forwarding.forwards)
+
+    def unforward(self, bind, local_port) -> defer.Deferred:
+        return defer.maybeDeferred(self.forwarding.unforward, bind, local_port)
+
+    def expose(self, port, host, tcp_port, allow=()) -> defer.Deferred:
+        return defer.maybeDeferred(self.forwarding.expose, port, host, tcp_port, allow)
+
+    def exposes(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.forwarding.exposes)
+
+    def unexpose(self, port) -> defer.Deferred:
+        return defer.maybeDeferred(self.forwarding.unexpose, port)
 
     def shutdown(self) -> defer.Deferred:
         stop = self._on_shutdown if self._on_shutdown is not None else self.stopService

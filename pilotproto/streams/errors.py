@@ -5,7 +5,7 @@ RESET_STREAM and STOP_SENDING frames.
 
 from __future__ import annotations
 
-from ..errors import PilotError, Refused
+from ..errors import ConnectionRefused, PilotError  # noqa: F401  (re-exported: the stream layer raises it)
 
 #: the application closed or aborted the stream without giving a reason
 CODE_CANCELLED = 0
@@ -31,13 +31,6 @@ class StreamReset(StreamError):
     def __init__(self, message: str | None = None, hint: str | None = None, reset_code: int = CODE_CANCELLED):
         super().__init__(message, hint)
         self.reset_code = reset_code
-
-
-class ConnectionRefused(Refused):
-    """Connection refused: nothing listens on that port of the peer."""
-
-    code = "connection_refused"
-    hint = "Check the port number, and that a service listens on it on the peer ('pilotctl recv PORT', or a pilot:PORT server endpoint)."
 
 
 class ConnectionClosed(StreamError):
