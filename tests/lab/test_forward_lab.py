@@ -52,6 +52,13 @@ def test_curl_through_forward_and_expose_across_two_nats(tmp_path):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             establish_trust(a, b)
+            # http.server may still be starting (a busy CI machine): an expose whose
+            # local service refuses resets the stream, which curl does not retry.
+            deadline = time.monotonic() + 20
+            while lab.run(sites[1].hosts[0], ["curl", "-sS", "-o", "/dev/null", f"http://127.0.0.1:{HTTP_PORT}/"],
+                          capture_output=True, timeout=10).returncode != 0:
+                assert time.monotonic() < deadline, "http.server did not start in the lab host"
+                time.sleep(0.2)
             b.ctl("expose", port=80, host="127.0.0.1", tcp_port=HTTP_PORT, allow=[])
             a.ctl("forward", bind="127.0.0.1", local_port=LOCAL_PORT, target="agent-b", port=80)
             started = time.monotonic()
@@ -60,7 +67,7 @@ def test_curl_through_forward_and_expose_across_two_nats(tmp_path):
                                                   f"http://127.0.0.1:{LOCAL_PORT}/blob.bin"],
                               capture_output=True, timeout=120)
             seconds = time.monotonic() - started
-            assert fetched.returncode == 0, fetched.stderr
+            assert fetched.returncode == 0, (fetched.stderr, a.ctl("forwards"), b.ctl("exposes"))
             assert hashlib.sha256(fetched.stdout).hexdigest() == hashlib.sha256(blob).hexdigest()
             print(f"\n{SIZE // MiB} MiB through forward -> two NATs -> expose in {seconds:.1f} s "
                   f"({SIZE * 8 / seconds / 1e6:.1f} Mbit/s)")
