@@ -69,3 +69,52 @@ def test_subscribe_sends_the_replay_after_the_ok_line_then_live_events():
     assert [json.loads(line)["seq"] for line in transport.value().splitlines()] == [1, 2, 3]
     owner.connectionLost(None)
     assert node.handle.closed
+
+
+@implementer(IPilotNode)
+class LogNode:
+    """A node with an event log: ``subscribe`` replays what is after ``after``, then sends live events."""
+
+    reactor = None
+    home = "/fake"
+
+    def __init__(self):
+        self.log = []
+        self.feeds = []  # (handle, on_event)
+        self.afters = []
+
+    def subscribe(self, pattern, after, on_event):
+        self.afters.append(after)
+        for event in self.log:
+            if after is not None and event["seq"] > after:
+                on_event(event)
+        handle = Handle()
+        self.feeds.append((handle, on_event))
+        return defer.succeed(handle)
+
+    def publish(self, seq):
+        event = {"event": "event", "seq": seq}
+        self.log.append(event)
+        for handle, on_event in self.feeds:
+            if not handle.closed:
+                on_event(event)
+
+
+def test_a_feed_whose_client_stops_reading_holds_nothing_and_catches_up_from_the_log():
+    node = LogNode()
+    node.publish(1)
+    upgrade = MessageCommands(node).subscribe("news.*", 0).result
+    transport = StringTransport()
+    owner = upgrade.take_over(transport)
+    assert transport.producer is owner and transport.streaming
+    owner.pauseProducing()  # the client's socket buffer is full
+    for seq in (2, 3, 4):
+        node.publish(seq)
+    assert [json.loads(line)["seq"] for line in transport.value().splitlines()] == [1]
+    owner.resumeProducing()
+    node.publish(5)
+    assert [json.loads(line)["seq"] for line in transport.value().splitlines()] == [1, 2, 3, 4, 5]
+    assert node.afters == [0, 1]  # caught up from the last seq written
+    assert node.feeds[0][0].closed and not node.feeds[1][0].closed
+    owner.connectionLost(None)
+    assert node.feeds[1][0].closed

@@ -15,9 +15,11 @@ import base64
 import binascii
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
+from zope.interface import implementer
 
 from ..common.wiring import check_provides
 from ..errors import InvalidArgument
@@ -61,26 +63,76 @@ def _seq(name: str, value, none_ok: bool = False):
     return value
 
 
+@implementer(IPushProducer)
 class _Feed:
-    """The owner of a ``subscribe`` connection: it only ever sends event lines."""
+    """
+    The owner of a ``subscribe`` connection: it only ever sends event lines.
 
-    def __init__(self):
+    A client that stops reading does not make the daemon hold its events:
+    while the connection's buffer is full (the transport paused us), events
+    are not written, only noted; when it drains, the feed subscribes again
+    from the last seq it wrote, and the daemon's event log replays what was
+    missed.  Seqs only grow, so nothing is written twice.
+    """
+
+    def __init__(self, node, pattern: str):
+        self._node = node
+        self._pattern = pattern
         self.transport = None
         self.held: list[dict] = []
         self.subscription = None
+        self._last_sent = 0
+        self._paused = False
+        self._missed = False
+        self._closed = False
 
     def on_event(self, event: dict) -> None:
         if self.transport is None:
             self.held.append(event)
-        else:
+        elif self._paused:
+            self._missed = True
+        elif event["seq"] > self._last_sent:
+            self._last_sent = event["seq"]
             self.transport.write(encode_event(event))
 
     def take_over(self, transport) -> "_Feed":
         self.transport = transport
+        transport.registerProducer(self, True)
         held, self.held = self.held, []
         for event in held:
-            transport.write(encode_event(event))
+            self.on_event(event)
         return self
+
+    # -- IPushProducer: the connection's buffer ------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._missed and not self._closed:
+            self._missed = False
+            old, self.subscription = self.subscription, None
+            if old is not None:
+                old.close()
+            d = self._node.subscribe(self._pattern, self._last_sent, self.on_event)
+            d.addCallbacks(self._resubscribed, self._failed)
+
+    def stopProducing(self) -> None:
+        self.close()
+
+    def _resubscribed(self, subscription) -> None:
+        if self._closed:
+            subscription.close()
+        else:
+            self.subscription = subscription
+
+    def _failed(self, failure) -> None:
+        log.failure("a subscribe feed could not catch up; closing it", failure)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- the connection ----------------------------------------------------------------------
 
     def dataReceived(self, data):
         pass  # nothing is asked of a feed after "subscribe"
@@ -92,6 +144,7 @@ class _Feed:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         if self.subscription is not None:
             subscription, self.subscription = self.subscription, None
             subscription.close()
@@ -142,7 +195,7 @@ class MessageCommands:
         """Upgrades: ``{"pattern", "last"}``, then one ``event`` line per matching event."""
         if not isinstance(pattern, str):
             raise InvalidArgument("pattern must be a string")
-        feed = _Feed()
+        feed = _Feed(self._node, pattern)
         d = self._node.subscribe(pattern, _seq("after", after, none_ok=True), feed.on_event)
 
         def subscribed(subscription):
