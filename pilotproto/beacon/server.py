@@ -38,6 +38,7 @@ from ..wire import DecodeError, Endpoint, is_stun
 from ..wire import beacon as msgs
 from ..wire import relay
 from ..wire import stun
+from .cards import CARD_HANDLERS, AgentCards
 from .limits import Limits, Quotas
 from .mailbox import Mailbox
 from .nonces import NonceIssuer
@@ -122,12 +123,15 @@ class BeaconServer:
             store=self.store,
         )
         self.visibility = VisibilityLists(self.counters, store=self.store)
+        #: agent cards, one per key, and find (beacon/cards.py)
+        self.cards = AgentCards(self.counters, store=self.store)
         self.paths = PathValidator(clock, self.registry, self.counters, self.mailbox, random_bytes)
         self.quotas = Quotas(clock, self.limits, self.counters)
         saved = self.store.load()
         self.registry.restore(saved.names)
         self.visibility.restore(saved.visibility)
         self.mailbox.restore(saved.mail)
+        self.cards.restore(saved.cards)
 
     def _send_unsolicited(self, datagram: bytes, destination: Endpoint) -> None:
         if self.send is None:
@@ -284,6 +288,7 @@ class BeaconServer:
         if not self.registry.release(msg.public_key, msg.hostname):
             return self._error(msg, "not_found", f"this key holds no name {msg.hostname!r}", inbound)
         self.visibility.forget(msg.public_key)
+        self.cards.forget(msg.public_key)
         self.log.info("released {name} at its owner's request", name=msg.hostname)
         return self._unauthenticated_reply(msgs.Ok(msg.request_id), inbound.size, inbound.source)
 
@@ -455,6 +460,7 @@ class BeaconServer:
         for key in freed:
             self.counters["names_freed"] += 1
             self.visibility.forget(key)
+            self.cards.forget(key)
         self.mailbox.expire()
 
 
@@ -471,4 +477,5 @@ _HANDLERS = {
     msgs.Revoke: BeaconServer._rx_revoke,
     msgs.MailAck: BeaconServer._rx_mail_ack,
     msgs.SetVisibility: BeaconServer._rx_set_visibility,
+    **CARD_HANDLERS,
 }

@@ -66,10 +66,21 @@ class MailRow:
 
 
 @attrs.frozen
+class CardRow:
+    """A node's agent card as it signed it (``pilotproto/wire/cards.py``)."""
+
+    public_key: bytes
+    version: int
+    card: bytes
+    signature: bytes
+
+
+@attrs.frozen
 class Snapshot:
     names: tuple = ()
     visibility: tuple = ()
     mail: tuple = ()
+    cards: tuple = ()
 
 
 class IBeaconStore(Interface):
@@ -95,6 +106,12 @@ class IBeaconStore(Interface):
 
     def delete_mail(mail_id):
         """Mail delivered, expired or replaced."""
+
+    def put_card(row):
+        """A node's agent card (new, or a newer version)."""
+
+    def delete_card(public_key):
+        """A node's card deleted, or its name freed."""
 
     def flush():
         """Write what is queued; return how many changes were written."""
@@ -128,6 +145,12 @@ class MemoryStore:
     def delete_mail(self, mail_id):
         """Nothing to forget."""
 
+    def put_card(self, row):
+        """Nothing to keep."""
+
+    def delete_card(self, public_key):
+        """Nothing to forget."""
+
     def flush(self) -> int:
         return 0
 
@@ -143,6 +166,8 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS visibility (owner BLOB PRIMARY KEY, version INTEGER NOT NULL, keys BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS mail (mail_id BLOB PRIMARY KEY, sender BLOB NOT NULL, recipient_kind TEXT NOT NULL,"
     " recipient BLOB NOT NULL, dedup TEXT NOT NULL, datagram BLOB NOT NULL, expires_at REAL NOT NULL)",
+    # Agent cards (docs/discovery.md): added without a schema bump, as a new table.
+    "CREATE TABLE IF NOT EXISTS cards (public_key BLOB PRIMARY KEY, version INTEGER NOT NULL, card BLOB NOT NULL, signature BLOB NOT NULL)",
 )
 
 
@@ -202,7 +227,10 @@ class SQLiteStore:
                 "SELECT mail_id, sender, recipient_kind, recipient, dedup, datagram, expires_at FROM mail"
             )
         )
-        return Snapshot(names, visibility, mail)
+        cards = tuple(
+            CardRow(bytes(k), v % (1 << 64), bytes(c), bytes(s)) for k, v, c, s in self._db.execute("SELECT public_key, version, card, signature FROM cards")
+        )
+        return Snapshot(names, visibility, mail, cards)
 
     # -- queueing ----------------------------------------------------------------
 
@@ -250,6 +278,15 @@ class SQLiteStore:
 
     def delete_mail(self, mail_id: int) -> None:
         self._queue_change(("mail", mail_id), "DELETE FROM mail WHERE mail_id = ?", (mail_id.to_bytes(8, "big"),))
+
+    def put_card(self, row: CardRow) -> None:
+        # SQLite integers are signed 64-bit: a version is stored as its two's complement.
+        version = row.version - (1 << 64) if row.version >= 1 << 63 else row.version
+        self._queue_change(("cards", row.public_key), "INSERT OR REPLACE INTO cards VALUES (?, ?, ?, ?)",
+                           (row.public_key, version, row.card, row.signature))
+
+    def delete_card(self, public_key: bytes) -> None:
+        self._queue_change(("cards", public_key), "DELETE FROM cards WHERE public_key = ?", (public_key,))
 
     # -- writing -------------------------------------------------------------------
 

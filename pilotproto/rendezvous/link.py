@@ -143,6 +143,8 @@ class BeaconLink(service.Service):
         # Relay counters start at the clock, like seq, so they keep growing across restarts.
         self._relay_counter = int(reactor.seconds() * 1e9)
         self._waiters: list[defer.Deferred] = []
+        #: more IRegistrationWatchers told of each registration (the node's agent card)
+        self._registration_watchers: list = []
         self._path_answers: collections.deque = collections.deque()
         self._resolve_error: dict | None = None
         self._resolve_failures = 0
@@ -371,6 +373,12 @@ class BeaconLink(service.Service):
         for waiter in waiters:
             waiter.callback(observed)
         self._mail.registered()
+        for watcher in self._registration_watchers:
+            watcher.beacon_registered(observed)
+
+    def watch_registration(self, watcher) -> None:
+        """Tell ``watcher`` (an :class:`IRegistrationWatcher`) of every registration from now on."""
+        self._registration_watchers.append(check_provides(watcher, IRegistrationWatcher, "BeaconLink registration watcher"))
 
     def tls_link_up(self) -> None:
         self.registration.transport_changed()

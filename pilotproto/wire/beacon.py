@@ -373,6 +373,13 @@ from .beacon_trust import (  # noqa: E402  (registers types 20-39)
     Revoke,
     SetVisibility,
 )
+from .beacon_cards import (  # noqa: E402  (registers types 40-49: agent cards)
+    CardEntry,
+    DeleteCard,
+    FindCards,
+    FindResult,
+    SetCard,
+)
 
 MESSAGE_TYPES = tuple(TYPES.values())
 
