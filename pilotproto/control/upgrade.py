@@ -67,7 +67,10 @@ class StreamEnd(Protocol):
 
     def readConnectionLost(self):
         if self._socket is not None:
-            self._socket.loseWriteConnection()
+            # The client may have closed already (an HTTP client dropping a
+            # pooled connection): a closed socket has no write side to end.
+            if getattr(self._socket, "connected", True):
+                self._socket.loseWriteConnection()
         else:
             self._eof = True
 

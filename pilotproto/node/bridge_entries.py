@@ -25,7 +25,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..common import timeouts
-from ..errors import PermissionDenied, PilotError, Timeout, Unavailable
+from ..errors import InvalidArgument, NotFound, PermissionDenied, PilotError, Timeout, Unavailable
+from ..identity.address import Address
 from ..streams.errors import ConnectionRefused
 from .bridge import Bridge, IBridgeOwner, Side
 from .bridge_specs import ExposeSpec, ForwardSpec
@@ -255,3 +256,29 @@ class _ExposeFactory(Factory):
 
     def buildProtocol(self, addr):
         return self._entry.stream(addr)
+
+
+@defer.inlineCallbacks
+def resolve_allow(node, entries: list[str]):
+    """``{address: name}`` for ``--allow`` entries (expose, mcp serve): addresses as given, names through
+    trust, else the beacon; a name that several trusted keys carry is refused (give the address)."""
+    found = {}
+    trusted = None
+    for text in entries:
+        if Address.looks_like(text):
+            found.setdefault(text, None)
+            continue
+        if trusted is None:
+            trusted = (yield node.trusted()).get("trusted", [])
+        matches = [t["address"] for t in trusted if t.get("hostname") == text]
+        if len(matches) > 1:
+            raise InvalidArgument(f"{len(matches)} trusted keys go by the name {text!r}: {', '.join(matches)}",
+                                  hint="Name the peer by its address in --allow.")
+        if not matches:
+            try:
+                matches = [(yield node.lookup(text))["address"]]
+            except NotFound:
+                raise NotFound(f"--allow names {text!r}, which is neither trusted nor visible to this node",
+                               hint="Trust it first (pilotctl handshake), or give its address.") from None
+        found[str(Address.parse(matches[0]))] = text
+    return found

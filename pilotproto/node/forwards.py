@@ -30,9 +30,8 @@ from twisted.logger import Logger
 from ..common.names import check_udp_port
 from ..common.wiring import check_provides
 from ..errors import AlreadyRunning, InvalidArgument, NotFound, PilotError
-from ..identity.address import Address
 from ..interfaces import IPilotNode
-from .bridge_entries import ExposeEntry, ForwardEntry, error_doc
+from .bridge_entries import ExposeEntry, ForwardEntry, error_doc, resolve_allow
 from .bridge_specs import (
     DEFAULT_BIND,
     ExposeSpec,
@@ -141,7 +140,7 @@ class Forwards(service.Service):
         ExposeSpec.checked(port, "127.0.0.1" if host is None else host, tcp_port)  # fail before any lookup
         if allow is not None and not isinstance(allow, (list, tuple)):
             raise InvalidArgument("allow must be a list of peer names or addresses")
-        names = yield self._resolve_allow([check_allow_entry(a) for a in allow or ()])
+        names = yield resolve_allow(self._node, [check_allow_entry(a) for a in allow or ()])
         spec = ExposeSpec.checked(port, "127.0.0.1" if host is None else host, tcp_port, sorted(names))
         existing = self.expose_entries.get(spec.port)
         if existing is not None and existing.listening is not None:
@@ -158,30 +157,6 @@ class Forwards(service.Service):
             raise
         log.info("{what}: listening", what=entry.name)
         return entry.describe()
-
-    @defer.inlineCallbacks
-    def _resolve_allow(self, entries: list[str]):
-        """``{address: name}`` for ``--allow`` entries: addresses as given, names through trust, else the beacon."""
-        found = {}
-        trusted = None
-        for text in entries:
-            if Address.looks_like(text):
-                found.setdefault(text, None)
-                continue
-            if trusted is None:
-                trusted = (yield self._node.trusted()).get("trusted", [])
-            matches = [t["address"] for t in trusted if t.get("hostname") == text]
-            if len(matches) > 1:
-                raise InvalidArgument(f"{len(matches)} trusted keys go by the name {text!r}: {', '.join(matches)}",
-                                      hint="Name the peer by its address in --allow.")
-            if not matches:
-                try:
-                    matches = [(yield self._node.lookup(text))["address"]]
-                except NotFound:
-                    raise NotFound(f"--allow names {text!r}, which is neither trusted nor visible to this node",
-                                   hint="Trust it first (pilotctl handshake), or give its address.") from None
-            found[str(Address.parse(matches[0]))] = text
-        return found
 
     def exposes(self) -> dict:
         return {"exposes": [entry.describe() for entry in self.expose_entries.values()]}
