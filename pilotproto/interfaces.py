@@ -292,6 +292,22 @@ class IPilotNode(Interface):
     def recv(count=None, timeout=0):
         """``{"messages": [...]}`` from the inbox (port 1001)."""
 
+    # -- agent cards
+
+    def card_set(card):
+        """Sign ``card`` (a dict, ``docs/discovery.md``) at a new version, keep it in the home
+        (card.json) and publish it at the beacon; a dict describing it (``published``)."""
+
+    def card_show(peer=None):
+        """Our own card (``peer`` None), or ``peer``'s, verified; NotFound if none is visible."""
+
+    def card_delete():
+        """Forget our card here and at the beacon; ``{"deleted": bool, "published": bool}``."""
+
+    def find(tag=None, capability=None, text=None):
+        """``{"cards": [...], "total", "rejected"}``: the cards of nodes we may see that carry
+        ``tag`` and ``capability`` and contain ``text``, each verified against its node's key."""
+
     # -- messages and events
 
     def send_message(target, data, wait=10):
@@ -335,6 +351,19 @@ class IPilotNode(Interface):
 
     def unexpose(port):
         """Stop exposing ``port`` and unsave it; ``{"removed": {...}}``."""
+
+    # -- MCP servers
+
+    def mcp_serve(port, argv, cwd, allow=()):
+        """Run a new ``argv`` process (no shell, in directory ``cwd``) for every stream to virtual
+        ``port``, its stdin/stdout bridged to the stream, for trusted peers or only ``allow``
+        (names or addresses); saved in config.json.  A dict describing it."""
+
+    def mcp_servers():
+        """``{"servers": [...]}``: each MCP server, its ``listening``/``error`` and its counts."""
+
+    def mcp_unserve(port):
+        """Stop serving MCP on ``port`` and unsave it; ``{"removed": {...}}``."""
 
     def shutdown():
         """Stop the node; fires once it heard the request (not once it stopped)."""

@@ -627,6 +627,30 @@ class FakePilotNode:
     def unexpose(self, port):
         return self._answer("unexpose", port, default={"removed": {}})
 
+    # MCP servers: recorded, answered from ``results``
+    def mcp_serve(self, port, argv, cwd, allow=()):
+        return self._answer("mcp_serve", port, list(argv), cwd, list(allow),
+                            default={"port": port, "argv": list(argv), "cwd": cwd, "allow": []})
+
+    def mcp_servers(self):
+        return self._answer("mcp_servers", default={"servers": []})
+
+    def mcp_unserve(self, port):
+        return self._answer("mcp_unserve", port, default={"removed": {}})
+
+    # agent cards: recorded, answered from ``results``
+    def card_set(self, card):
+        return self._answer("card_set", card, default={"card": card, "version": 1, "published": True})
+
+    def card_show(self, peer=None):
+        return self._answer("card_show", peer, default={"card": None, "published": False})
+
+    def card_delete(self):
+        return self._answer("card_delete", default={"deleted": True, "published": True})
+
+    def find(self, tag=None, capability=None, text=None):
+        return self._answer("find", tag, capability, text, default={"cards": [], "total": 0, "rejected": 0})
+
     def listen(self, port, factory):
         from pilotproto.errors import AlreadyRunning
         from pilotproto.node.failures import as_listen_error

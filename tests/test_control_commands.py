@@ -19,6 +19,10 @@ COMMANDS = ["accept", "approve", "connect", "handshake", "info", "listen", "look
 COMMANDS = sorted(COMMANDS + ["forward", "forwards", "unforward", "expose", "exposes", "unexpose"])
 #: pilotproto/control/message_commands.py's
 COMMANDS = sorted(COMMANDS + ["send_message", "inbox", "inbox_delete", "publish", "subscribe"])
+#: pilotproto/control/card_commands.py's
+COMMANDS = sorted(COMMANDS + ["card_set", "card_show", "card_delete", "find"])
+#: pilotproto/control/mcp_commands.py's
+COMMANDS = sorted(COMMANDS + ["mcp_serve", "mcp_servers", "mcp_unserve"])
 
 
 @pytest.fixture

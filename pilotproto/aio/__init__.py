@@ -54,13 +54,14 @@ from .node import Node, connect
 from .server import Server
 
 if TYPE_CHECKING:
-    from .http import HTTPTransport
+    from .http import HTTPTransport, HTTPX2Transport
 
 __all__ = [
     "AlreadyRunning",
     "ConnectionRefused",
     "Event",
     "HTTPTransport",
+    "HTTPX2Transport",
     "Interrupted",
     "InvalidArgument",
     "Message",
@@ -88,13 +89,13 @@ __all__ = [
 def __getattr__(name: str):
     # httpx is an optional extra: only HTTPTransport needs it, so it is
     # imported when first asked for, with a message naming the extra.
-    if name == "HTTPTransport":
+    if name in ("HTTPTransport", "HTTPX2Transport"):
         try:
-            from .http import HTTPTransport
+            from . import http
         except ImportError as e:
             raise ImportError(
-                f"pilotproto.aio.HTTPTransport needs httpx ({e}): pip install 'pilotproto[aio]'",
+                f"pilotproto.aio.{name} needs httpx ({e}): pip install 'pilotproto[aio]'",
                 name=e.name,
             ) from e
-        return HTTPTransport
+        return getattr(http, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

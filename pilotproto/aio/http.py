@@ -21,7 +21,11 @@ pilot name.  A peer that cannot be reached fails at once with
 (``not_found``, ``not_trusted``, ``connection_refused``...) and whose
 message names its code and hint.
 
-Needs httpx (``pip install 'pilotproto[aio]'``).
+Needs httpx (``pip install 'pilotproto[aio]'``).  :class:`HTTPX2Transport`
+is the same transport for ``httpx2`` clients (what the ``mcp`` SDK 2.x uses:
+``httpx2.AsyncClient(transport=HTTPX2Transport(node))``); it converts each
+request and response at the edge, so streaming bodies (server-sent events)
+and errors (``httpx2.ConnectError`` naming the pilot code) are kept.
 """
 
 from __future__ import annotations
@@ -258,3 +262,99 @@ class HTTPTransport(httpx.AsyncBaseTransport):
 
     async def __aexit__(self, *exc) -> None:
         await self._pool.__aexit__(*exc)
+
+
+# -- httpx2 (the mcp SDK 2.x's HTTP client) ---------------------------------------------------
+
+
+class _RequestStream(httpx.AsyncByteStream):
+    """An httpx2 request body, as httpx reads it."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        async for part in self._stream:
+            yield part
+
+
+def _as_httpx2(error: Exception, request):
+    """httpx2's error of the same name for an httpx one, carrying the same PilotError."""
+    import httpx2
+
+    kind = getattr(httpx2, type(error).__name__, None)
+    if not (isinstance(kind, type) and issubclass(kind, httpx2.HTTPError)):
+        kind = httpx2.TransportError
+    mapped = kind(str(error), request=request) if issubclass(kind, httpx2.RequestError) else kind(str(error))
+    cause = _pilot_cause(error)
+    if cause is not None:
+        mapped.pilot_error = cause
+    mapped.__cause__ = cause or error
+    return mapped
+
+
+_HTTPX2_STREAM = None
+
+
+def _response_stream_class():
+    global _HTTPX2_STREAM
+    if _HTTPX2_STREAM is None:
+        import httpx2
+
+        class ResponseStream(httpx2.AsyncByteStream):
+            """An httpx response body, as httpx2 reads it (errors become httpx2's)."""
+
+            def __init__(self, response: httpx.Response, request):
+                self._response = response
+                self._request = request
+
+            async def __aiter__(self) -> typing.AsyncIterator[bytes]:
+                try:
+                    async for part in self._response.aiter_raw():
+                        yield part
+                except httpx.HTTPError as e:
+                    mapped = _as_httpx2(e, self._request)
+                    raise mapped from mapped.__cause__
+
+            async def aclose(self) -> None:
+                await self._response.aclose()
+
+        _HTTPX2_STREAM = ResponseStream
+    return _HTTPX2_STREAM
+
+
+class HTTPX2Transport:
+    """
+    :class:`HTTPTransport` for ``httpx2.AsyncClient`` (an ``httpx2``
+    transport: it has httpx2's ``handle_async_request``/``aclose``).  Needs
+    ``httpx2`` (installed with ``mcp`` 2.x).
+    """
+
+    def __init__(self, node: "Node", *, limits: httpx.Limits = httpx.Limits(), retries: int = 0):
+        import httpx2  # noqa: F401  (fail here, clearly, when it is missing)
+
+        self._inner = HTTPTransport(node, limits=limits, retries=retries)
+        self.node = node
+
+    async def handle_async_request(self, request):
+        import httpx2
+
+        inner = httpx.Request(request.method, str(request.url), headers=request.headers.raw,
+                              stream=_RequestStream(request.stream), extensions=dict(request.extensions))
+        try:
+            response = await self._inner.handle_async_request(inner)
+        except httpx.HTTPError as e:
+            mapped = _as_httpx2(e, request)
+            raise mapped from mapped.__cause__
+        return httpx2.Response(status_code=response.status_code, headers=response.headers.raw,
+                               stream=_response_stream_class()(response, request), extensions=response.extensions)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> "HTTPX2Transport":
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._inner.__aexit__(*exc)

@@ -118,6 +118,25 @@ class Node:
     async def revoke(self, peer: str) -> dict:
         return await self.request("revoke", {"peer": peer})
 
+    # -- agent cards (docs/discovery.md) ------------------------------------------------
+
+    async def card_set(self, card: dict) -> dict:
+        """Sign, keep and publish this node's card; ``published`` says whether the beacon took it."""
+        return await self.request("card_set", {"card": card}, timeout=timeouts.CONTROL_CONNECT)
+
+    async def card_show(self, peer: str | None = None) -> dict:
+        """This node's card, or ``peer``'s as the beacon shows it (its signature verified)."""
+        return await self.request("card_show", {"peer": peer}, timeout=timeouts.CONTROL_CONNECT)
+
+    async def card_delete(self) -> dict:
+        return await self.request("card_delete", timeout=timeouts.CONTROL_CONNECT)
+
+    async def find(self, text: str | None = None, *, tag: str | None = None,
+                   capability: str | None = None) -> list[dict]:
+        """The verified cards of nodes visible to this one that match (the ``cards`` list)."""
+        args = {"tag": tag, "capability": capability, "text": text}
+        return (await self.request("find", args, timeout=timeouts.CONTROL_CONNECT)).get("cards", [])
+
     # -- streams ----------------------------------------------------------------------
 
     async def open_connection(self, peer: str, port: int, *, limit: int = STREAM_LIMIT,

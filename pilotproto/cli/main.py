@@ -32,8 +32,10 @@ from ..common.names import check_hostname, check_target
 from ..node.config import NodeConfig, resolve_home
 from ..trust.store import TRUST_FILE
 from . import daemon as daemon_control
+from . import card_commands
 from . import forward_commands
 from . import message_commands
+from . import mcp_commands
 from . import lab_commands, names, session_commands, status_commands, stream_commands
 from .output import CommandFailed, Output, duration, interrupted, render_lookup, usage_error
 from .trust import add_trust_commands
@@ -324,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     session_commands.add_commands(commands, _subcommand)
     stream_commands.add_commands(commands, _subcommand)
     forward_commands.add_commands(commands, _subcommand)
+    card_commands.add_commands(commands, _subcommand)
     message_commands.add_commands(commands, _subcommand)
+    mcp_commands.add_commands(commands, _subcommand, _global_options)
     names.add_commands(commands, _subcommand)
     lab_commands.add_commands(commands, _subcommand, _global_options)
     demo = _subcommand(commands, "demo", "a two-agent tour on this machine, cleaned up afterwards", run_demo, None)

@@ -11,6 +11,7 @@ from ..control.client import ControlClient
 from ..errors import InvalidArgument, NotRegistered, PilotError, Unavailable
 from ..node.config import NodeConfig
 from .forward_commands import expose_lines, forward_lines
+from .mcp_commands import server_lines
 from .output import CommandFailed, duration
 from .session_commands import peers_table
 
@@ -107,6 +108,7 @@ def run_status(args, ctx) -> dict:
         "pending": trust.get("pending") or [],
         "outgoing": [o for o in trust.get("outgoing") or [] if o.get("state") in ("queued", "sent")],
         **_forwards_and_exposes(client),
+        "mcp_servers": _mcp_servers(client),
     }
     if not info.get("registered"):
         error = info.get("beacon_error") if isinstance(info.get("beacon_error"), dict) else {}
@@ -128,6 +130,14 @@ def _forwards_and_exposes(client) -> dict:
                 "exposes": client.call("exposes", timeout=5.0).get("exposes", [])}
     except PilotError:
         return {"forwards": [], "exposes": []}
+
+
+def _mcp_servers(client) -> list:
+    """``pilotctl mcp serve``s with their counts (none from a daemon that has no such command)."""
+    try:
+        return client.call("mcp_servers", timeout=5.0).get("servers", [])
+    except PilotError:
+        return []
 
 
 def render_status(data: dict) -> str:
@@ -156,10 +166,11 @@ def render_status(data: dict) -> str:
         lines.append(f"request from {r['hostname']} ({r['address']}): {r['reason']!r}  -> pilotctl approve {r['hostname']}")
     for o in outgoing:
         lines.append(f"waiting for {o['target']} to approve ({o['state']})")
-    if data.get("forwards") or data.get("exposes"):
+    if data.get("forwards") or data.get("exposes") or data.get("mcp_servers"):
         lines.append("")
     lines += [f"forward {line}" if not line.startswith(" ") else line for line in forward_lines(data.get("forwards") or [])]
     lines += [f"expose {line}" if not line.startswith(" ") else line for line in expose_lines(data.get("exposes") or [])]
+    lines += [f"mcp {line}" if not line.startswith(" ") else line for line in server_lines(data.get("mcp_servers") or [])]
     return "\n".join(lines)
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 from ..common.wiring import check_provides
 from ..errors import InvalidArgument
 from ..interfaces import IPilotNode
+from .card_commands import CardCommands
 from .forward_commands import ForwardCommands
+from .mcp_commands import McpCommands
 from .message_commands import MessageCommands
 from .server import Command
 from .upgrade import StreamCommands
@@ -49,7 +51,9 @@ class ControlCommands:
             "listen": Command(self.streams.listen, upgrades=True),
             "accept": Command(self.streams.accept, upgrades=True),
             **ForwardCommands(self._node).table(),
+            **CardCommands(self._node).table(),
             **MessageCommands(self._node).table(),
+            **McpCommands(self._node).table(),
         }
 
     # -- the node ------------------------------------------------------------------------

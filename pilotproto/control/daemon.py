@@ -47,6 +47,8 @@ from ..errors import InvalidArgument, PilotError
 from ..interfaces import IPilotNode
 from ..node.failures import as_connect_error, as_listen_error
 from ..streams.transport import PilotAddress
+from .card_commands import DaemonCards
+from .mcp_commands import DaemonMcp
 from .client import ControlClient
 from .codec import MAX_RESPONSE_LINE, BadResponse, decode_event
 from .link import ControlEndpoint, PipedProtocol, call
@@ -68,7 +70,7 @@ def _address(hostname, address) -> tuple:
 
 
 @implementer(IPilotNode)
-class DaemonNode:
+class DaemonNode(DaemonCards, DaemonMcp):
     """The node whose daemon listens at ``<home>/control.sock``."""
 
     def __init__(self, reactor, home: str, socket_path: str | None = None):

@@ -24,6 +24,7 @@ from ..common.home import CONFIG_FILE, CONTROL_SOCKET, LOG_FILE, PID_FILE, resol
 from ..common.names import check_hostname  # noqa: F401  (re-exported)
 from ..errors import InvalidArgument, StateError
 from .bridge_specs import load_exposes, load_forwards
+from .mcp_specs import load_mcp_servers
 
 DEFAULT_BEACON_PORT = 9000
 DEFAULT_BEACON_TLS_PORT = 443
@@ -79,7 +80,7 @@ _UNSET_NOT_SAVED = {"beacon_tls", "beacon_ca", "beacon_fingerprint"}
 
 
 #: lists written to config.json only when not empty
-_EMPTY_NOT_SAVED = {"forwards", "exposes"}
+_EMPTY_NOT_SAVED = {"forwards", "exposes", "mcp_servers"}
 
 
 def _worth_saving(attribute, value) -> bool:
@@ -106,6 +107,8 @@ class NodeConfig:
     forwards: list = attrs.field(factory=list)
     #: ``pilotctl expose``s restored at start: ``[{"port", "host", "tcp_port", "allow"}]`` (bridge_specs)
     exposes: list = attrs.field(factory=list)
+    #: ``pilotctl mcp serve``s restored at start: ``[{"port", "argv", "cwd", "allow"}]`` (mcp_specs)
+    mcp_servers: list = attrs.field(factory=list)
 
     def validate(self) -> "NodeConfig":
         if self.hostname is not None:
@@ -120,6 +123,7 @@ class NodeConfig:
             parse_fingerprint(self.beacon_fingerprint)
         self.forwards = load_forwards(self.forwards)
         self.exposes = load_exposes(self.exposes)
+        self.mcp_servers = load_mcp_servers(self.mcp_servers)
         return self
 
     def beacon_tls_hostport(self) -> tuple[str, int] | None:

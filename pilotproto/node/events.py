@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 

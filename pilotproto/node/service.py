@@ -42,11 +42,13 @@ from ..common.ids import RandomIds
 from ..errors import InvalidArgument
 from ..identity import Address, load_or_create
 from ..interfaces import IPilotNode, ITrustListener
+from ..rendezvous.cards import AgentCards
 from ..rendezvous.link import BeaconLink
 from ..session.sessions import Sessions
 from ..trust.manager import TrustManager
 from .config import NodeConfig, parse_fingerprint, parse_hostport, resolve_home
 from .forwards import Forwards
+from .mcp_servers import McpServers
 from .delivery import MailPeers
 from .messages import Mail
 from .nat import NatService
@@ -143,6 +145,9 @@ class PilotNode(service.MultiService):
                          config.hostname, str(self.address))
         start_standard_services(self.ports, self.mail.inbox, self.mail.events)
         self.router = DatagramRouter(self.link, self.nat, self.sessions)
+        #: our agent card (HOME/card.json), published after every registration, and find
+        self.cards = AgentCards(reactor, self.identity, self.home, self.link.requests, hostname=config.hostname)
+        self.link.watch_registration(self.cards)
         self.udp.wire(self.router)
         self.link.wire(router=self.router, mail=self.trust, observer=self.nat)
         for child in (self.udp, self.link, self.nat, self.mail):
@@ -150,6 +155,9 @@ class PilotNode(service.MultiService):
         #: pilotctl forward / expose: TCP <-> overlay bridges, restored from config.json (after the UDP socket)
         self.forwarding = Forwards(reactor, self, self.home, config.forwards, config.exposes)
         self.forwarding.setServiceParent(self)
+        #: pilotctl mcp serve: a process per incoming stream, restored from config.json
+        self.mcp = McpServers(reactor, self, self.home, config.mcp_servers)
+        self.mcp.setServiceParent(self)
 
     # -- identity ------------------------------------------------------------
 
@@ -264,6 +272,20 @@ class PilotNode(service.MultiService):
     def recv(self, count=None, timeout=0) -> defer.Deferred:
         return defer.maybeDeferred(self.mail.inbox.recv, count, timeout)
 
+    # -- agent cards (the AgentCards worker) --
+
+    def card_set(self, card) -> defer.Deferred:
+        return defer.maybeDeferred(self.cards.set, card)
+
+    def card_show(self, peer=None) -> defer.Deferred:
+        return defer.maybeDeferred(self.cards.show, peer)
+
+    def card_delete(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.cards.delete)
+
+    def find(self, tag=None, capability=None, text=None) -> defer.Deferred:
+        return defer.maybeDeferred(self.cards.find, tag, capability, text)
+
     # -- messages and events (the mail worker) --
 
     def send_message(self, target, data, wait=10) -> defer.Deferred:
@@ -300,6 +322,17 @@ class PilotNode(service.MultiService):
 
     def unexpose(self, port) -> defer.Deferred:
         return defer.maybeDeferred(self.forwarding.unexpose, port)
+
+    # -- MCP servers (the McpServers worker) ------------------------------------------------
+
+    def mcp_serve(self, port, argv, cwd, allow=()) -> defer.Deferred:
+        return defer.maybeDeferred(self.mcp.serve, port, argv, cwd, allow)
+
+    def mcp_servers(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.mcp.servers)
+
+    def mcp_unserve(self, port) -> defer.Deferred:
+        return defer.maybeDeferred(self.mcp.unserve, port)
 
     def shutdown(self) -> defer.Deferred:
         stop = self._on_shutdown if self._on_shutdown is not None else self.stopService

@@ -59,3 +59,21 @@ def test_embed_twisted(tmp_path):
     out = run([sys.executable, os.path.join(EXAMPLES, "embed_twisted.py")], tmp_path)
     assert "agent-b's echo port answered: ping from the embedded node" in out
     assert "over the overlay: hello from a Twisted app on the overlay" in out
+
+
+def test_a2a_pair(tmp_path):
+    pytest.importorskip("httpx")
+    pytest.importorskip("a2a.client", reason="a2a-sdk is not installed (pip install 'a2a-sdk[http-server]')")
+    pytest.importorskip("uvicorn", reason="uvicorn is not installed (the A2A agents' server)")
+    out = run([sys.executable, os.path.join(EXAMPLES, "a2a_pair", "run.py")], tmp_path)
+    assert "card: agent-b at http://agent-b/" in out and "card: agent-a at http://agent-a/" in out
+    assert "reply: HELLO OVER THE OVERLAY" in out and "reply: sTAN owt dniheb stnega" in out
+    assert "artifact_update 'OVERLAY'" in out and out.count("status_update TASK_STATE_COMPLETED") == 2
+
+
+def test_mcp_behind_nat(tmp_path):
+    pytest.importorskip("mcp", reason="the mcp SDK is not installed (pip install mcp)")
+    out = run([sys.executable, os.path.join(EXAMPLES, "mcp_behind_nat", "run.py")], tmp_path)
+    assert "stdio via pilotctl mcp connect: tools add, pid, slow; add(2, 40) = 42" in out
+    assert "streamable HTTP to http://agent-b:8080/mcp: tools add, pid, slow; add(2, 40) = 42" in out
+    assert out.count("demo://greeting = 'hello from behind the NAT'") == 2 and "1 session(s), 0 failed" in out
