@@ -124,6 +124,17 @@ def test_patterns_are_announced_to_every_trusted_peer_and_linger(tmp_path):
     assert outbox.announced() == {B: [], C: []}
 
 
+def test_without_patterns_a_restart_tells_only_recent_correspondents_it_is_up(tmp_path):
+    clock = Clock()
+    events, _ = make(tmp_path, clock)
+    deliver(events, event_header("news.a", b"x", "00000000000000e1"), b"x")  # B sent us something
+    events.stop()
+    events.store.close()
+    clock.advance(60)
+    again, outbox = make(tmp_path, clock)
+    assert outbox.announced() == {B: []}  # B may hold more for us: it retries now; C hears nothing
+
+
 def test_a_new_peer_hears_our_patterns_only_if_we_have_some(tmp_path):
     clock = Clock()
     events, outbox = make(tmp_path, clock)

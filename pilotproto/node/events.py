@@ -108,12 +108,15 @@ class Events:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Patterns open when we stopped linger from now; if we had any, announce our set to every trusted peer.
+        """Patterns open when we stopped linger from now; announce our set to the peers that need to hear it.
 
-        With none, there is nothing to say: the last pattern that went
-        withdrew itself (a durable announcement), and opening a session to
-        every trusted peer at each start would cost a node with many peers
-        far more than its subscriptions are worth.
+        An announcement also says "I am up": a peer holding mail for us
+        retries at once instead of waiting out its backoff.  With patterns,
+        every trusted peer hears our set.  With none, only our recent
+        correspondents do (those that sent us something within the dedup
+        window, the likeliest to hold more): the last pattern that went
+        withdrew itself already, and a session to every trusted peer at each
+        start would cost a node with many peers far more than it is worth.
         """
         now = self._clock.seconds()
         ours = self.store.local_patterns()
@@ -122,8 +125,11 @@ class Events:
                 until = now + self.linger
                 self.store.set_local_pattern(pattern, until)
             self._linger(pattern, until)
-        if ours:
-            self._announce([p["address"] for p in self._peers.trusted_peers()])
+        trusted = [p["address"] for p in self._peers.trusted_peers()]
+        if not ours:
+            recent = self.store.recent_senders()
+            trusted = [address for address in trusted if address in recent]
+        self._announce(trusted)
 
     def stop(self) -> None:
         for timer in self._timers.values():

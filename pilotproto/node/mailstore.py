@@ -248,6 +248,10 @@ class MailStore:
 
     # -- subscriptions -------------------------------------------------------------------------------
 
+    def recent_senders(self) -> set[str]:
+        """The addresses that sent us a message or an event within the dedup window (7 days)."""
+        return {address for (address,) in self._db.query("SELECT DISTINCT address FROM seen")}
+
     def peer_patterns(self) -> dict[str, list[str]]:
         return {address: json.loads(patterns) for address, patterns in self._db.query("SELECT address, patterns FROM peer_patterns")}
 
