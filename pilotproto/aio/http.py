@@ -30,6 +30,7 @@ and errors (``httpx2.ConnectError`` naming the pilot code) are kept.
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import re
 import typing
@@ -143,10 +144,8 @@ class PilotNetworkStream(httpcore.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         self._writer.close()
-        try:
+        with contextlib.suppress(OSError):  # the peer went first: closed either way
             await self._writer.wait_closed()
-        except OSError:
-            pass
 
     def get_extra_info(self, info: str) -> typing.Any:
         if info == "is_readable":

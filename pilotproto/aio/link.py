@@ -13,6 +13,7 @@ NotRunning, as the blocking client's do.
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import itertools
 import logging
@@ -140,13 +141,9 @@ class ControlLink:
         reading, writer = self._reading, self._writer
         if reading is not None:
             reading.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await reading
-            except asyncio.CancelledError:
-                pass
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass

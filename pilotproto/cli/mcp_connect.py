@@ -23,6 +23,7 @@ to stdout; diagnostics go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -180,10 +181,8 @@ def bridge(stream, stdin_fd: int, stdout, peer: str, port: int) -> dict:
                     else:
                         stdin_open = False
                         selector.unregister(stdin_fd)
-                        try:
+                        with contextlib.suppress(OSError):  # the stream already ended
                             sock.shutdown(socket.SHUT_WR)
-                        except OSError:
-                            pass
                     continue
                 reset = False
                 try:

@@ -16,6 +16,7 @@ No Twisted here: ``pilotctl`` and :mod:`pilotproto.node.config` use these too.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 
 import attrs
@@ -47,10 +48,8 @@ def check_tcp_host(host) -> str:
     """Where an expose connects: an IP address literal or a DNS name."""
     if not isinstance(host, str) or not host or len(host) > 253:
         raise InvalidArgument(f"bad host {host!r}", hint="Give an IP address or a host name, e.g. 127.0.0.1 (the default).")
-    try:
+    with contextlib.suppress(ValueError):  # not an IP literal: a DNS name, checked below
         return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
     for label in host.rstrip(".").split("."):
         if not label or len(label) > 63 or not all(c.isalnum() or c in "-_" for c in label):
             raise InvalidArgument(f"bad host {host!r}", hint="Give an IP address or a host name, e.g. 127.0.0.1 (the default).")

@@ -26,6 +26,7 @@ and stderr are not transitions, they are passed on by the bridge's methods.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 
 import attrs
@@ -112,7 +113,7 @@ class StreamEnd(Protocol):
         self.bridge.stream_eof()
 
     def writeConnectionLost(self):
-        pass
+        """Our FIN went out; the process's exit (or the peer's FIN) ends the bridge."""
 
     def connectionLost(self, reason=None):
         self.bridge.feed(StreamLost(reason))
@@ -155,7 +156,7 @@ class _StdoutProducer:
         self._process.resumeProducing()
 
     def stopProducing(self):
-        pass
+        """The stream ended: the bridge's own state machine ends the process."""
 
 
 class ProcessBridge:
@@ -251,10 +252,8 @@ class ProcessBridge:
         self._signal("KILL")
 
     def _signal(self, name: str) -> None:
-        try:
+        with contextlib.suppress(error.ProcessExitedAlready, OSError):  # already gone: nothing to end
             self.process.signalProcess(name)
-        except (error.ProcessExitedAlready, OSError):
-            pass
 
     def _close_stream(self, event: ProcessEnded) -> None:
         # Whatever stdout said is already written: let it drain, then FIN.

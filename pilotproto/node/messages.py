@@ -104,7 +104,7 @@ class Mail(service.Service):
                 yield acked
                 answer["state"] = "delivered"
             except defer.TimeoutError:
-                pass
+                answer["state"] = "queued"  # still in the outbox, retried until acked
         return answer
 
     # -- ITrustListener ------------------------------------------------------------------------

@@ -94,7 +94,7 @@ class PeerSeen:
 
 @attrs.frozen
 class Stop:
-    pass
+    """The node stops, or trust in the peer ended: nothing more is sent."""
 
 
 class PeerQueue:

@@ -22,6 +22,7 @@ only a version at least as new as the one it holds.
 
 from __future__ import annotations
 
+import contextlib
 import base64
 import collections
 import json
@@ -89,18 +90,14 @@ class AgentCards:
 
     def _save(self, signed: SignedCard | None) -> None:
         if signed is None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
             return
         data = json.dumps({"format": FORMAT, "version": signed.version, "card": json.loads(signed.card)}, indent=2) + "\n"
         tmp = self.path + ".tmp"
         try:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(data)
