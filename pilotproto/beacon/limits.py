@@ -123,6 +123,10 @@ class BucketTable:
 
 def source_keys(host: str) -> tuple[str, str]:
     """``(address, prefix)`` for quotas: IPv4 and its /24; an IPv6 /64 and its /48."""
+    if ":" not in host and host.count(".") == 3:
+        # Endpoints hold canonical dotted quads: cut the /24 from the text
+        # rather than parse it (this runs on every new registration).
+        return host, host.rpartition(".")[0] + ".0/24"
     ip = ipaddress.ip_address(host)
     if ip.version == 4:
         return str(ip), str(ipaddress.ip_network(f"{ip}/24", strict=False))
@@ -188,18 +192,24 @@ class Quotas:
             self._counters["limited_requests"] += 1
         return wait
 
-    def relay(self, sender, destination_key: bytes, size: int) -> bool:
-        """May ``sender`` relay ``size`` more bytes to ``destination_key``?"""
-        now = self._clock.seconds()
-        if sender.relay_bytes is None:
-            sender.relay_bytes = TokenBucket(self.limits.relay_per_node, now)
+    def relay(self, sender, destination_key: bytes, size: int, now: float | None = None) -> bool:
+        """May ``sender`` relay ``size`` more bytes to ``destination_key``?
+        Per frame, so O(1): two buckets refilled once each, and taken from
+        only if both have room."""
+        if now is None:
+            now = self._clock.seconds()
+        node = sender.relay_bytes
+        if node is None:
+            node = sender.relay_bytes = TokenBucket(self.limits.relay_per_node, now)
             sender.relay_pairs = BucketTable(self.limits.relay_per_pair, MAX_PAIRS_PER_NODE)
         pair = sender.relay_pairs.bucket(destination_key, now)
-        if sender.relay_bytes.wait(now, size) or pair.wait(now, size):
+        node._refill(now)
+        pair._refill(now)
+        if node.tokens < size or pair.tokens < size:
             self._counters["relay_dropped_rate_limited"] += 1
             return False
-        sender.relay_bytes.take(now, size)
-        pair.take(now, size)
+        node.tokens -= size
+        pair.tokens -= size
         return True
 
 

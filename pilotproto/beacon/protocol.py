@@ -33,7 +33,29 @@ class BeaconDatagramProtocol(DatagramProtocol):
             # A lost push is retransmitted by the mailbox.
             self.server.counters["send_errors"] += 1
 
+    def _forward(self, data: bytes, destination: Endpoint) -> None:
+        """A relayed frame to a validated UDP endpoint: straight to the socket,
+        without Twisted's per-write address checks (the address was checked
+        when the endpoint was made)."""
+        sock = getattr(self.transport, "socket", None)
+        if type(destination) is not Endpoint or sock is None:
+            self.send(data, destination)
+            return
+        try:
+            sock.sendto(data, (destination.host, destination.port))
+        except BlockingIOError:
+            # The socket buffer is full: dropped, as a router would.
+            self.server.counters["relay_dropped_send_buffer"] += 1
+        except OSError:
+            self.server.counters["send_errors"] += 1
+
     def datagramReceived(self, data, addr):
+        if data[:1] == b"\xd0":
+            # A relay frame: the server's fast path takes the raw address
+            # (building an Endpoint costs more than forwarding the frame).
+            for answer, destination in self.server.relay_udp(data, addr):
+                self._forward(answer, destination)
+            return
         source = Endpoint(addr[0], addr[1])
         for reply in self.server.datagram_received(data, source, self.local):
             answer, destination = reply

@@ -50,6 +50,8 @@ SEQ_WINDOW_NS = 10 * 1_000_000_000
 LAST_SEEN_RESOLUTION = 600
 #: when the beacon holds ``max_names``, a new name may try again after this
 FULL_RETRY_AFTER = 3600
+#: request seqs a record keeps before it prunes the ones outside the window
+SEQS_KEPT = 4
 
 
 @attrs.define
@@ -65,8 +67,12 @@ class Binding:
         return Address.from_public_key(self.public_key)
 
 
-@attrs.define
+@attrs.define(slots=True)
 class Record:
+    """One live node.  Slotted and lean: a beacon holds 100,000 of these, and
+    state only some nodes need (relay replay window, tag hasher, quota
+    buckets, a path candidate) is made on first use."""
+
     public_key: bytes
     hostname: str
     address: Address
@@ -78,9 +84,14 @@ class Record:
     last_seen: float
     max_seq: int = 0
     seen_seqs: set = attrs.field(factory=set)
-    #: key this node tags relay frames with, shared with this beacon process
-    relay_key: bytes | None = attrs.field(default=None, repr=False)
-    relay_window: ReplayWindow = attrs.field(factory=ReplayWindow, repr=False)
+    #: ``seen_seqs`` is pruned when it grows past this (doubling: amortised O(1))
+    prune_at: int = attrs.field(default=SEQS_KEPT, repr=False)
+    #: relay frame counters seen (made on the node's first relay frame)
+    relay_window: ReplayWindow | None = attrs.field(default=None, repr=False)
+    #: the hasher keyed with the relay key this node shares with this beacon
+    #: process (:func:`relay.tag_hasher`), copied per frame; made on the first
+    #: relay frame; False if the node's key cannot use the relay
+    relay_mac: object = attrs.field(default=None, repr=False)
     #: an address the node's datagrams came from that has not echoed a challenge yet
     candidate: object = attrs.field(default=None, repr=False)
     #: quota buckets (:mod:`pilotproto.beacon.limits`), made on first use
@@ -95,14 +106,20 @@ class Record:
 
     def accept_seq(self, seq: int) -> bool:
         """Record ``seq`` if it is fresh; False for a replay or a stale one."""
-        if seq in self.seen_seqs or seq <= self.max_seq - SEQ_WINDOW_NS:
+        seen = self.seen_seqs
+        if seq in seen or seq <= self.max_seq - SEQ_WINDOW_NS:
             return False
-        self.seen_seqs.add(seq)
+        seen.add(seq)
         if seq > self.max_seq:
             self.max_seq = seq
-            floor = seq - SEQ_WINDOW_NS
-            if len(self.seen_seqs) > 64:
-                self.seen_seqs = {s for s in self.seen_seqs if s > floor}
+            if len(seen) > self.prune_at:
+                # Only seqs inside the window can still be replayed.  Pruning
+                # when the set doubles keeps the cost O(1) per request even for
+                # a key holder who sends thousands in a window, and a node that
+                # keeps alive every 25 s holds a set of one or two.
+                floor = seq - SEQ_WINDOW_NS
+                self.seen_seqs = seen = {s for s in seen if s > floor}
+                self.prune_at = max(SEQS_KEPT, 2 * len(seen))
         return True
 
 
@@ -116,7 +133,8 @@ class Registry:
         self._live: dict[bytes, Record] = {}
         self._bindings: dict[bytes, Binding] = {}
         self._by_name: dict[str, bytes] = {}
-        self._by_address: dict[Address, bytes] = {}
+        #: the 8 address bytes (as on the wire) -> key: relay frames look up raw bytes
+        self._by_address: dict[bytes, bytes] = {}
 
     def __len__(self) -> int:
         """Live registrations."""
@@ -150,7 +168,7 @@ class Registry:
         return key if key is not None and self._held(self._bindings.get(key)) else None
 
     def holder_of_address(self, address: Address) -> bytes | None:
-        key = self._by_address.get(address)
+        key = self._by_address.get(address.to_bytes())
         return key if key is not None and self._held(self._bindings.get(key)) else None
 
     def name_of(self, public_key: bytes) -> str | None:
@@ -177,7 +195,7 @@ class Registry:
     def _bind(self, binding: Binding) -> None:
         self._bindings[binding.public_key] = binding
         self._by_name[binding.hostname] = binding.public_key
-        self._by_address[binding.address] = binding.public_key
+        self._by_address[binding.address.to_bytes()] = binding.public_key
 
     def _drop_binding(self, public_key: bytes) -> None:
         self._live.pop(public_key, None)
@@ -186,8 +204,9 @@ class Registry:
             return
         if self._by_name.get(binding.hostname) == public_key:
             del self._by_name[binding.hostname]
-        if self._by_address.get(binding.address) == public_key:
-            del self._by_address[binding.address]
+        raw = binding.address.to_bytes()
+        if self._by_address.get(raw) == public_key:
+            del self._by_address[raw]
         self._store.delete_name(public_key)
 
     def _store_binding(self, binding: Binding) -> None:
@@ -214,7 +233,7 @@ class Registry:
         address = Address.from_public_key(public_key)
         old = self._live.get(public_key)
         # Whoever held the name or the address before is past the hold time.
-        for stale in {self._by_name.get(hostname), self._by_address.get(address)} - {None, public_key}:
+        for stale in {self._by_name.get(hostname), self._by_address.get(address.to_bytes())} - {None, public_key}:
             self._drop_binding(stale)
         binding = self._bindings.get(public_key)
         if binding is not None and binding.hostname != hostname:
@@ -233,8 +252,8 @@ class Registry:
             last_seen=now,
         )
         if old is not None:
-            record.max_seq, record.seen_seqs = old.max_seq, old.seen_seqs
-            record.relay_window = old.relay_window
+            record.max_seq, record.seen_seqs, record.prune_at = old.max_seq, old.seen_seqs, old.prune_at
+            record.relay_window, record.relay_mac = old.relay_window, old.relay_mac
             record.requests, record.relay_bytes, record.relay_pairs = old.requests, old.relay_bytes, old.relay_pairs
         record.accept_seq(seq)
         self._live[public_key] = record
@@ -253,8 +272,16 @@ class Registry:
         return self.get(key) if key is not None else None
 
     def find_by_address(self, address: Address) -> Record | None:
-        key = self._by_address.get(address)
+        key = self._by_address.get(address.to_bytes())
         return self.get(key) if key is not None else None
+
+    def live_by_address(self, raw: bytes, now: float) -> Record | None:
+        """The live record whose address is the 8 bytes ``raw``, or None: the
+        relay's per-frame lookup (two dict reads, no objects made)."""
+        record = self._live.get(self._by_address.get(raw))
+        if record is None or now - record.last_seen > self.ttl:
+            return None
+        return record
 
     def touch(self, record: Record) -> None:
         """A fresh signed request (or relay frame) from ``record``'s key: it is alive.
@@ -281,10 +308,14 @@ class Registry:
     def expire(self) -> tuple[int, list[bytes]]:
         """Drop dead registrations and bindings past the hold time.
         Returns (registrations dropped, keys whose names were freed)."""
-        dead = [k for k, r in self._live.items() if not self._alive(r)]
+        # One sweep for every node (no timer per node): 100,000 records cost
+        # tens of milliseconds every few seconds, so the clock is read once.
+        now = self._clock.seconds()
+        ttl, hold = self.ttl, self.hold
+        dead = [k for k, r in self._live.items() if now - r.last_seen > ttl]
         for key in dead:
             del self._live[key]
-        freed = [k for k, b in self._bindings.items() if not self._held(b)]
+        freed = [k for k, b in self._bindings.items() if now - b.last_seen > hold]
         for key in freed:
             self._drop_binding(key)
         return len(dead), freed

@@ -12,6 +12,9 @@ address plus the number of the connection, which no UDP source can equal
 (attrs equality compares classes), so a datagram for it can never leave by
 UDP to a look-alike address.  The endpoint carries the connection it names,
 so replies, relayed frames and mail pushes find their way without a table.
+Datagrams for one connection are batched (:class:`~pilotproto.wire.framing.FrameWriter`):
+the first after a quiet spell goes at once, the ones that follow it in the
+same reactor turn go together in one TLS write.
 When the connection drops, datagrams for that endpoint are dropped and
 counted; the registration is not removed at once but expires like any other
 (a node that reconnects re-registers, or moves its record with its next
@@ -37,7 +40,7 @@ from zope.interface import implementer
 
 from ..errors import InvalidArgument
 from ..wire import DecodeError, Endpoint, is_stun
-from ..wire.framing import FrameDecoder, encode_frame
+from ..wire.framing import FrameDecoder, FrameWriter
 
 #: a connection that carried nothing for this long is closed (nodes send a
 #: keepalive every 5 s, so only a dead or idle peer gets here)
@@ -77,9 +80,12 @@ class BeaconStreamProtocol(Protocol, TimeoutMixin):
 
     log = Logger()
 
-    def __init__(self, server, stream: int):
+    def __init__(self, server, stream: int, clock=None):
         self.server = server
         self.stream = stream
+        #: batches writes per reactor turn when set (None: one write per datagram)
+        self.clock = clock
+        self._writer: FrameWriter | None = None
         self.endpoint: StreamEndpoint | None = None
         self.open = False
         self.paused = False
@@ -89,6 +95,8 @@ class BeaconStreamProtocol(Protocol, TimeoutMixin):
         peer = self.transport.getPeer()
         self.endpoint = StreamEndpoint(peer.host, peer.port, stream=self.stream, sink=self)
         self.open = True
+        call_soon = (lambda f: self.clock.callLater(0, f)) if self.clock is not None else None
+        self._writer = FrameWriter(self.transport.write, call_soon)
         self.server.counters["tls_connections"] += 1
         # Datagram semantics downstream too: when the node reads slower than
         # we relay, frames are dropped (as a full socket buffer would) rather
@@ -124,7 +132,7 @@ class BeaconStreamProtocol(Protocol, TimeoutMixin):
         if self.paused:
             self.server.counters["tls_dropped_backpressure"] += 1
             return
-        self.transport.write(encode_frame(data))
+        self._writer.send(data)
 
     def timeoutConnection(self):
         self.server.counters["tls_idle_closed"] += 1
@@ -133,6 +141,8 @@ class BeaconStreamProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason):
         self.open = False
         self.setTimeout(None)
+        if self._writer is not None:
+            self._writer.close()
         self.server.counters["tls_disconnections"] += 1
         factory = getattr(self, "factory", None)
         if factory is not None:
@@ -150,8 +160,10 @@ class BeaconStreamProtocol(Protocol, TimeoutMixin):
 
 
 class BeaconStreamFactory(Factory):
-    def __init__(self, server, max_connections: int = MAX_CONNECTIONS, per_address: int = MAX_CONNECTIONS_PER_ADDRESS):
+    def __init__(self, server, max_connections: int = MAX_CONNECTIONS, per_address: int = MAX_CONNECTIONS_PER_ADDRESS, clock=None):
         self.server = server
+        #: the reactor, to batch each connection's writes per turn (None: unbatched)
+        self.clock = clock
         self.max_connections = max_connections
         self.per_address = per_address
         self._serials = itertools.count(1)
@@ -164,7 +176,7 @@ class BeaconStreamFactory(Factory):
             # None: Twisted closes the connection at once.
             self.server.counters["tls_refused_too_many"] += 1
             return None
-        protocol = BeaconStreamProtocol(self.server, next(self._serials))
+        protocol = BeaconStreamProtocol(self.server, next(self._serials), self.clock)
         protocol.factory = self
         protocol.counted_host = host
         self._total += 1
@@ -214,7 +226,7 @@ class TLSListenerService(service.Service):
 
     def __init__(self, reactor, server, interface: str, port: int, options: CertificateOptions):
         self._reactor = reactor
-        self.factory = BeaconStreamFactory(server)
+        self.factory = BeaconStreamFactory(server, clock=reactor)
         self._interface = interface
         self._port_number = port
         self._options = options

@@ -70,7 +70,7 @@ from ..common.timeouts import BEACON_TLS_CONNECT
 from ..common.wiring import check_provides
 from ..errors import InvalidArgument, PilotError, Unavailable
 from ..wire import DecodeError
-from ..wire.framing import FrameDecoder, encode_frame
+from ..wire.framing import FrameDecoder, FrameWriter
 from .interfaces import ITLSLink, ITLSLinkListener
 
 #: seconds before the first retry after a failure; doubled per failure in a row
@@ -290,13 +290,19 @@ class VerifiedTLSEndpoint:
 
 
 class _Frames(Protocol):
-    """Frames in and out of a verified connection."""
+    """Frames in and out of a verified connection.  Out, they are batched
+    (:class:`~pilotproto.wire.framing.FrameWriter`): relayed tunnel packets
+    sent in one reactor turn leave in one TLS write."""
 
-    def __init__(self, link):
+    def __init__(self, link, clock=None):
         self.link = link
+        self.clock = clock
         self._decoder = FrameDecoder()
+        self._writer: FrameWriter | None = None
 
     def connectionMade(self):
+        call_soon = (lambda f: self.clock.callLater(0, f)) if self.clock is not None else None
+        self._writer = FrameWriter(self.transport.write, call_soon)
         # Built only once the certificate has passed (see _Handshake).
         self.link.verified(self)
 
@@ -311,18 +317,21 @@ class _Frames(Protocol):
             self.link.datagram_received(frame)
 
     def send(self, data: bytes) -> None:
-        self.transport.write(encode_frame(data))
+        self._writer.send(data)
 
     def connectionLost(self, reason):
+        if self._writer is not None:
+            self._writer.close()
         self.link.lost(self, reason)
 
 
 class _FramesFactory(Factory):
-    def __init__(self, link):
+    def __init__(self, link, clock=None):
         self.link = link
+        self.clock = clock
 
     def buildProtocol(self, addr):
-        return _Frames(self.link)
+        return _Frames(self.link, self.clock)
 
 
 # -- the link --------------------------------------------------------------------------
@@ -362,7 +371,7 @@ class BeaconTLSLink:
             endpoint = SSL4ClientEndpoint(reactor, host, port, options, timeout=timeout)
         self._service = ClientService(
             VerifiedTLSEndpoint(reactor, endpoint, self, fingerprint, timeout),
-            _FramesFactory(self),
+            _FramesFactory(self, reactor),
             retryPolicy=self.retry_delay,
             clock=reactor,
         )

@@ -35,6 +35,17 @@ TAG_SIZE = 16
 TO_BEACON_OVERHEAD = 2 + 8 + 8 + 8 + TAG_SIZE
 FROM_BEACON_OVERHEAD = 2 + 8
 
+# Where the fields of a 0xD0 frame are: the beacon's fast path reads these
+# slices of the datagram and never builds a RelayToBeacon.
+SENDER = slice(2, 10)
+DESTINATION = slice(10, 18)
+COUNTER = slice(18, 26)
+TAG = slice(26, 26 + TAG_SIZE)
+#: the bytes the tag covers before the payload (kind .. counter)
+SIGNED_HEADER = 26
+_FROM_BEACON_HEADER = bytes([KIND_FROM_BEACON, VERSION])
+_TAG_PERSON = b"pilot-relay-tag"
+
 
 @attrs.frozen
 class RelayToBeacon:
@@ -55,8 +66,14 @@ def _header(frame: RelayToBeacon) -> bytes:
     return Writer().u8(KIND_TO_BEACON).u8(VERSION).raw(frame.sender).raw(frame.destination).u64(frame.counter).bytes()
 
 
+def tag_hasher(key: bytes):
+    """A keyed BLAKE2b ready for :func:`frame_tag_ok`: ``copy()`` of a keyed
+    hasher is cheaper than keying a new one, so the beacon keeps one per node."""
+    return hashlib.blake2b(key=key, digest_size=TAG_SIZE, person=_TAG_PERSON)
+
+
 def compute_tag(key: bytes, header: bytes, payload: bytes) -> bytes:
-    h = hashlib.blake2b(key=key, digest_size=TAG_SIZE, person=b"pilot-relay-tag")
+    h = tag_hasher(key)
     h.update(header)
     h.update(payload)
     return h.digest()
@@ -70,6 +87,23 @@ def seal_to_beacon(key: bytes, sender: bytes, destination: bytes, counter: int, 
 
 def tag_ok(key: bytes, frame: RelayToBeacon) -> bool:
     return hmac.compare_digest(frame.tag, compute_tag(key, _header(frame), frame.payload))
+
+
+def frame_tag_ok(hasher, data) -> bool:
+    """Does the raw 0xD0 frame ``data`` (at least TO_BEACON_OVERHEAD bytes)
+    carry the right tag?  ``hasher`` is the sender's :func:`tag_hasher`;
+    the payload is hashed in place (a memoryview, no copy)."""
+    view = memoryview(data)
+    h = hasher.copy()
+    h.update(view[:SIGNED_HEADER])
+    h.update(view[TO_BEACON_OVERHEAD:])
+    return hmac.compare_digest(h.digest(), data[TAG])
+
+
+def forward_from_beacon(data) -> bytes:
+    """The 0xD1 frame that carries the raw 0xD0 frame ``data`` on: the same
+    sender and payload, built with one copy of the payload."""
+    return b"".join((_FROM_BEACON_HEADER, data[SENDER], memoryview(data)[TO_BEACON_OVERHEAD:]))
 
 
 def encode_to_beacon(frame: RelayToBeacon) -> bytes:
