@@ -36,8 +36,11 @@ def test_the_store_keeps_names_lists_and_mail_and_writes_only_the_latest_change(
     store.put_visibility(VisibilityRow(key, 7, frozenset({other, b"x" * 32})))
     mail = MailRow(2**64 - 1, other, ("name", "agent-a"), ("answer", 9, b"r" * 32), b"\xb0signed", 99.5)
     store.put_mail(mail)
-    assert store.flush() == 4
-    assert store.flush() == 0
+    # The new names, the list and the mail went to disk at once; the
+    # last_seen refresh waits for the batch, which writes it once.
+    writes = store.writes
+    assert store.flush() <= 1 and store.flush() == 0
+    assert store.writes - writes <= 1
     store.close()
 
     again = SQLiteStore(str(tmp_path))
@@ -183,7 +186,7 @@ def test_a_key_holds_one_name_and_gives_the_old_one_up_when_it_takes_another():
     assert server.registry.holder_of("second") == owner.key
 
 
-def test_the_service_writes_changes_within_a_second_and_on_stop(tmp_path):
+def test_the_service_writes_names_at_once_and_refreshes_within_a_second(tmp_path):
     reactor = UDPMemoryReactor()
     state = str(tmp_path / "state")
     service = BeaconService(reactor, interface="127.0.0.1", port=9000, state_dir=state, limits=Limits(name_hold=2 * DAY))
@@ -195,11 +198,11 @@ def test_the_service_writes_changes_within_a_second_and_on_stop(tmp_path):
         with sqlite3.connect(f"{state}/{DB_FILE}") as db:
             return [row[0] for row in db.execute("SELECT hostname FROM names")]
 
-    assert names() == []  # not written from the datagram path
-    reactor.advance(1.0)
-    assert names() == ["victim"]
+    assert names() == ["victim"]  # acknowledged, so on disk before the answer left
     owner.hostname = "renamed"
     owner.register()
+    assert names() == ["renamed"]
+    reactor.advance(1.0)
     service.stopService()
     assert names() == ["renamed"]
     # Stopped, it let go of the directory.

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 
 from ..common.wiring import check_provides
 from ..errors import InvalidArgument, PilotError, RateLimited
-from ..identity import Address, verify_signature, x25519_from_ed25519_public
+from ..identity import Address, verify_signature
 from ..common.names import check_hostname
 from ..wire import DecodeError, Endpoint, is_stun
 from ..wire import beacon as msgs
@@ -40,11 +40,12 @@ from ..wire import relay
 from ..wire import stun
 from .cards import CARD_HANDLERS, AgentCards
 from .limits import Limits, Quotas
-from .mailbox import Mailbox
+from .mailbox import SEALED_HANDLERS, Mailbox
 from .nonces import NonceIssuer
 from .paths import AMPLIFICATION_LIMIT, PathValidator
 from .registry import DEFAULT_TTL, Registry
-from .store import IBeaconStore, MemoryStore
+from .relaying import RelayForwarder, relay_hasher
+from .store import IBeaconStore, IFleet, MemoryStore
 from .stun import StunResponder
 from .visibility import VisibilityLists
 
@@ -74,6 +75,8 @@ class Inbound:
     size: int
     record: object = None
     validated: bool = True
+    #: the datagram as received: a signature is checked over these bytes
+    data: bytes = attrs.field(default=b"", repr=False)
 
 
 class BeaconServer:
@@ -113,6 +116,8 @@ class BeaconServer:
         #: ``send(datagram, endpoint)`` for datagrams that answer no request
         #: (mail pushes); the UDP protocol sets it once it has a transport
         self.send = send
+        #: the other beacons of a fleet (an IFleet, see :meth:`join_fleet`), or None
+        self.fleet = None
         self.mailbox = Mailbox(
             clock,
             self.registry,
@@ -127,6 +132,9 @@ class BeaconServer:
         self.cards = AgentCards(self.counters, store=self.store)
         self.paths = PathValidator(clock, self.registry, self.counters, self.mailbox, random_bytes)
         self.quotas = Quotas(clock, self.limits, self.counters)
+        self.relaying = RelayForwarder(
+            clock, self.registry, self.paths, self.quotas, self.counters, self._relay_hasher, lambda s, d: self.relay_allowed(s, d)
+        )
         saved = self.store.load()
         self.registry.restore(saved.names)
         self.visibility.restore(saved.visibility)
@@ -139,17 +147,24 @@ class BeaconServer:
             return
         self.send(datagram, destination)
 
+    def join_fleet(self, fleet) -> None:
+        """Reach the nodes registered on the other beacons of a fleet through ``fleet``."""
+        self.fleet = check_provides(fleet, IFleet, "BeaconServer fleet")
+
     # -- entry point -----------------------------------------------------
 
     def datagram_received(self, data: bytes, source: Endpoint, local: Endpoint | None = None):
         self.counters["datagrams"] += 1
         try:
+            kind = data[:1]
+            # By the first byte, busiest first: no STUN message starts with
+            # 0xD0 or 0xB0 (its first two bits are zero).
+            if kind == _RELAY_KIND:
+                return self._relay(data, source)
+            if kind == _BEACON_KIND:  # 0xB0: not STUN either (first byte 0-3)
+                return self._beacon_message(data, source)
             if is_stun(data) or stun.is_rfc3489(data):
                 return self._stun(data, source, local)
-            if data[:1] == bytes([msgs.KIND]):
-                return self._beacon_message(data, source)
-            if data[:1] == bytes([relay.KIND_TO_BEACON]):
-                return self._relay(data, source)
             self.counters["dropped_unknown_kind"] += 1
             return []
         except DecodeError:
@@ -185,7 +200,7 @@ class BeaconServer:
             self.counters["dropped_unexpected_type"] += 1
             return []
         self.counters["rx_" + type(msg).__name__] += 1
-        inbound = Inbound(source, len(data))
+        inbound = Inbound(source, len(data), data=data)
         replies = handler(self, msg, inbound)
         if inbound.record is not None and not inbound.validated:
             # Signed, but from an address that has not shown it receives for
@@ -215,15 +230,19 @@ class BeaconServer:
         reply = msgs.Challenge(msg.request_id, self.nonces.issue(inbound.source), self.relay_public, inbound.source)
         return self._unauthenticated_reply(reply, inbound.size, inbound.source)
 
-    def _signature_ok(self, msg) -> bool:
-        if verify_signature(msg.public_key, msgs.signed_bytes(msg), msg.signature):
+    def _signature_ok(self, msg, inbound=None) -> bool:
+        # A signed datagram is its signed bytes then the signature, and decoding
+        # is strict: checking the bytes as received saves encoding them again.
+        raw = inbound.data if inbound is not None else b""
+        signed = msgs.SIGNING_CONTEXT + raw[: -msgs.SIG_SIZE] if raw else msgs.signed_bytes(msg)
+        if verify_signature(msg.public_key, signed, msg.signature):
             return True
         self.counters["dropped_bad_signature"] += 1
         return False
 
     def _proven(self, msg, inbound):
         """For requests with a nonce: None if signed and fresh, else the error to send."""
-        if not self._signature_ok(msg):
+        if not self._signature_ok(msg, inbound):
             return self._error(msg, "refused", "bad signature", inbound)
         problem = self.nonces.redeem(msg.nonce, inbound.source)
         if problem is not None:
@@ -258,13 +277,6 @@ class BeaconServer:
             )
         except PilotError as e:
             return self._refusal(msg, e, inbound)
-        try:
-            record.relay_key = relay.relay_key(
-                self._relay_private, x25519_from_ed25519_public(msg.public_key), msg.public_key, self.relay_public
-            )
-        except Exception:
-            # A key that is not a valid curve point cannot use the relay.
-            record.relay_key = None
         self.log.info(
             "registered {name} ({address}) at {endpoint}",
             name=record.hostname,
@@ -272,6 +284,8 @@ class BeaconServer:
             endpoint=str(source),
         )
         self.mailbox.recipient_online(record)
+        if self.fleet is not None:
+            self.fleet.registered(record)
         reply = msgs.Registered(
             msg.request_id,
             record.address.to_bytes(),
@@ -297,7 +311,7 @@ class BeaconServer:
         record = self.registry.get(msg.public_key)
         if record is None:
             return None, self._error(msg, "not_registered", "register first", inbound)
-        if not self._signature_ok(msg):
+        if not self._signature_ok(msg, inbound):
             return None, self._error(msg, "refused", "bad signature", inbound)
         if not record.accept_seq(msg.seq):
             self.counters["dropped_replay"] += 1
@@ -343,6 +357,14 @@ class BeaconServer:
                 target = self.registry.find_by_name(msg.target.decode("utf-8"))
         except (InvalidArgument, UnicodeDecodeError):
             target = None
+        if target is None and self.fleet is not None:
+            # Live on another beacon of the fleet, perhaps: answered once Redis says.
+            return self.fleet.lookup(msg, requester, inbound)
+        return self.lookup_answer(msg, target, requester, inbound)
+
+    def lookup_answer(self, msg, target, requester, inbound):
+        """The answer to ``requester``'s lookup: ``target`` is a live record
+        (here or on another beacon of the fleet) or None."""
         if target is None or not self.visible(target, requester):
             return self._error(msg, "not_found", "no such node is visible to you", inbound, authenticated=True)
         reply = msgs.LookupResult(
@@ -415,32 +437,28 @@ class BeaconServer:
 
     # -- relay -------------------------------------------------------------
 
+    def relay_udp(self, data: bytes, addr) -> list:
+        """A relay frame straight off a UDP socket, ``addr`` its raw
+        ``(host, port, ...)``: the hot path, which builds no Endpoint unless
+        the sender's source is new.  Same answers as :meth:`datagram_received`."""
+        self.counters["datagrams"] += 1
+        try:
+            return self._relay(data, addr)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            self.log.failure("beacon failed to relay a datagram from {source}", source=addr)
+            return []
+
     def _relay(self, data, source):
-        frame = relay.decode_to_beacon(data)
-        sender = self.registry.find_by_address(Address.from_bytes(frame.sender))
-        if sender is None or sender.relay_key is None:
-            self.counters["relay_dropped_unknown_sender"] += 1
-            return []
-        if not relay.tag_ok(sender.relay_key, frame):
-            self.counters["relay_dropped_bad_tag"] += 1
-            return []
-        if not sender.relay_window.accept(frame.counter):
-            self.counters["relay_dropped_replay"] += 1
-            return []
-        self.registry.touch(sender)
-        out = []
-        if not self.paths.arrived(sender, source, len(data)):
-            out = self.paths.answer(sender, source, [])
-        destination = self.registry.find_by_address(Address.from_bytes(frame.destination))
-        if destination is None or not self.relay_allowed(sender, destination):
-            self.counters["relay_dropped_no_destination"] += 1
-            return out
-        if not self.quotas.relay(sender, destination.public_key, len(frame.payload)):
-            return out
-        self.counters["relayed_frames"] += 1
-        self.counters["relayed_bytes"] += len(frame.payload)
-        forward = relay.encode_from_beacon(relay.RelayFromBeacon(frame.sender, frame.payload))
-        return [(forward, destination.endpoint)] + out
+        """A 0xD0 frame, checked and forwarded from its header alone
+        (:mod:`pilotproto.beacon.relaying`); ``source`` is an Endpoint, or
+        the raw address tuple of :meth:`relay_udp`."""
+        return self.relaying.forward(data, source, self.fleet)
+
+    def _relay_hasher(self, public_key: bytes):
+        # Made on a node's first relay frame, not at registration: two curve
+        # operations most nodes never need.
+        return relay_hasher(self._relay_private, self.relay_public, public_key)
 
     def relay_allowed(self, sender, destination) -> bool:
         """Carry frames only to nodes that would let the sender find them."""
@@ -464,6 +482,10 @@ class BeaconServer:
         self.mailbox.expire()
 
 
+_RELAY_KIND = bytes([relay.KIND_TO_BEACON])
+_BEACON_KIND = bytes([msgs.KIND])
+
+
 _HANDLERS = {
     msgs.Hello: BeaconServer._rx_hello,
     msgs.Register: BeaconServer._rx_register,
@@ -478,4 +500,5 @@ _HANDLERS = {
     msgs.MailAck: BeaconServer._rx_mail_ack,
     msgs.SetVisibility: BeaconServer._rx_set_visibility,
     **CARD_HANDLERS,
+    **SEALED_HANDLERS,
 }

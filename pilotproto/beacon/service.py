@@ -11,11 +11,16 @@ concrete ``--interface`` (the primary address).
 ``--state-dir`` keeps names, visibility lists and mail in SQLite
 (:mod:`pilotproto.beacon.store`), written once a second and when the beacon
 stops; without it the beacon remembers nothing across a restart and says so
-in its log.  ``limits`` (:class:`~pilotproto.beacon.limits.Limits`) are the
+in its log.  ``--store redis://HOST:PORT/DB`` keeps them in Redis instead,
+shared with every beacon given the same address: a fleet
+(:mod:`pilotproto.beacon.fleet`), whose listeners start only once the
+beacon holds the fleet's state.  ``limits`` (:class:`~pilotproto.beacon.limits.Limits`) are the
 quotas of ``docs/security.md``.
 """
 
 from __future__ import annotations
+
+import os
 
 from twisted.application import internet, service
 from twisted.internet.task import LoopingCall
@@ -75,6 +80,29 @@ class _StoreService(service.Service):
         return super().stopService()
 
 
+class _AfterReady(service.MultiService):
+    """Starts its children (the beacon's listeners) once ``ready`` fires:
+    a fleet beacon answers nobody before it holds the fleet's state."""
+
+    def __init__(self, ready):
+        super().__init__()
+        self._ready = ready
+
+    def privilegedStartService(self):
+        """Nothing: twistd would bind the ports here, before the fleet's state
+        is loaded (so a fleet beacon cannot bind ports below 1024 and then drop
+        root with --uid; give it the capability instead, docs/deploy.md)."""
+
+    def startService(self):
+        service.Service.startService(self)
+        self._ready.addCallback(self._start_children)
+
+    def _start_children(self, _):
+        if self.running:
+            for child in self:
+                child.startService()
+
+
 class _UDPService(internet.UDPServer):
     """A UDPServer whose port is visible once started (tests bind port 0)."""
 
@@ -92,6 +120,7 @@ class BeaconService(service.MultiService):
         tls_key=None,
         state_dir=None,
         limits=None,
+        store=None,
     ):
         super().__init__()
         self.reactor = reactor
@@ -99,17 +128,29 @@ class BeaconService(service.MultiService):
         primary = other = None
         if alt_port is not None and alt_address is not None:
             primary, other = Endpoint(interface, port), Endpoint(alt_address, alt_port)
-        store = SQLiteStore(state_dir) if state_dir else MemoryStore()
-        # First child: it stops last, so its final flush sees every change.
-        _StoreService(reactor, store).setServiceParent(self)
-        self.server = BeaconServer(reactor, other_address=other, primary_address=primary, limits=limits, store=store)
+        #: the fleet's Redis connection (``store="redis://..."``), or None
+        self.fleet = None
+        listeners = self
+        if store is not None:
+            if state_dir:
+                raise InvalidArgument("give --store or --state-dir, not both", hint="A fleet keeps its state in Redis only.")
+            self.server, self.fleet = _join_fleet(reactor, store, other, primary, limits)
+            # First child: it stops last, once the listeners have.
+            self.fleet.setServiceParent(self)
+            listeners = _AfterReady(self.fleet.ready)
+            listeners.setServiceParent(self)
+        else:
+            store = SQLiteStore(state_dir) if state_dir else MemoryStore()
+            # First child: it stops last, so its final flush sees every change.
+            _StoreService(reactor, store).setServiceParent(self)
+            self.server = BeaconServer(reactor, other_address=other, primary_address=primary, limits=limits, store=store)
         #: every socket by the endpoint it answers from (CHANGE-REQUEST routing)
         self.sockets: dict[Endpoint, BeaconDatagramProtocol] = {}
         self.protocol = BeaconDatagramProtocol(self.server, _local(interface, port), self.sockets)
         # Mail is pushed from the main port, where nodes keep their NAT mapping open.
         self.server.send = self.protocol.send
         self._udp = _UDPService(port, self.protocol, interface=interface)
-        self._udp.setServiceParent(self)
+        self._udp.setServiceParent(listeners)
         self.alt_protocols = []
         if alt_port is not None or alt_address is not None:
             alt_interface = alt_address or interface
@@ -117,17 +158,35 @@ class BeaconService(service.MultiService):
             for host, udp_port in sorted({(alt_interface, alt_port), (interface, alt_port), (alt_interface, port)} - {(interface, port)}):
                 proto = BeaconDatagramProtocol(self.server, _local(host, udp_port), self.sockets)
                 self.alt_protocols.append(proto)
-                _UDPService(udp_port, proto, interface=host).setServiceParent(self)
+                _UDPService(udp_port, proto, interface=host).setServiceParent(listeners)
         #: the TCP/TLS listener (``--tls-port``), or None
         self.tls = None
         if tls_port is not None:
             self.tls = _tls_listener(reactor, self.server, interface, tls_port, tls_cert, tls_key)
-            self.tls.setServiceParent(self)
-        _ExpiryService(reactor, self.server, 5).setServiceParent(self)
+            self.tls.setServiceParent(listeners)
+        _ExpiryService(reactor, self.server, 5).setServiceParent(listeners)
 
     @property
     def port(self) -> int:
         return self.protocol.transport.getHost().port
+
+
+def _join_fleet(reactor, url, other, primary, limits):
+    """The server of a fleet beacon, and the service that connects it to Redis."""
+    from .fleet import RedisFleet
+    from .fleet_service import FleetService, _txredisapi
+    from .limits import Limits
+    from .redis_store import RedisAddress, RedisStore
+
+    address = RedisAddress.parse(url)
+    _txredisapi()  # missing: say so now, as a usage error
+    limits = limits if limits is not None else Limits()
+    beacon_id = os.urandom(8).hex()
+    store = RedisStore(reactor, beacon_id, hold=limits.name_hold, db=address.db)
+    server = BeaconServer(reactor, other_address=other, primary_address=primary, limits=limits, store=store)
+    fleet = RedisFleet(reactor, server, store, beacon_id)
+    server.join_fleet(fleet)
+    return server, FleetService(reactor, address, server, store, fleet)
 
 
 def _check_alternates(interface, port, alt_port, alt_address) -> None:

@@ -8,10 +8,16 @@ memory and tell an :class:`IBeaconStore` each change as it happens; the
 store only *queues* it (the latest change per row wins), and
 :meth:`~IBeaconStore.flush` writes the queue in one transaction.  The
 beacon service flushes every ``FLUSH_INTERVAL`` seconds and once more when
-it stops, so no datagram ever waits for the disk, and a crash loses at
-most the last second of changes.
+it stops.  What the beacon *acknowledges* to a node is committed before the
+answer leaves (the store commits at once, inside the handler that answers):
+mail, visibility lists, cards and a name newly taken.  Only ``last_seen``
+refreshes wait for the batch, so a crash (even ``kill -9``) loses no
+acknowledged change, just the last second of "seen at" times.
 
 * :class:`MemoryStore` remembers nothing (a beacon without ``--state-dir``).
+* :class:`~pilotproto.beacon.redis_store.RedisStore` keeps it in Redis,
+  shared by a fleet of beacons (``--store redis://``), with
+  :class:`IFleet` to reach the nodes registered on the others.
 * :class:`SQLiteStore` keeps ``DIR/beacon.sqlite3`` (Python's ``sqlite3``,
   write-ahead log, ``synchronous=NORMAL``: a commit is not an fsync; the
   log is synced at checkpoints), and holds ``DIR/beacon.lock`` so that two
@@ -30,10 +36,12 @@ import os
 import sqlite3
 
 import attrs
+from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from ..errors import InvalidArgument, StateError
 
+_log = Logger()
 FLUSH_INTERVAL = 1.0
 DB_FILE = "beacon.sqlite3"
 LOCK_FILE = "beacon.lock"
@@ -118,6 +126,25 @@ class IBeaconStore(Interface):
 
     def close():
         """Flush and let go of the files."""
+
+
+class IFleet(Interface):
+    """
+    The other beacons of a fleet (:mod:`pilotproto.beacon.fleet`), as the
+    server sees them: it asks only when its own registrations cannot answer,
+    so a beacon without a fleet (``fleet=None``) keeps its synchronous path.
+    """
+
+    def registered(record):
+        """A node registered here: the rest of the fleet may find it now."""
+
+    def lookup(msg, requester, inbound):
+        """A lookup of a node not live here: answered later (from Redis);
+        returns the datagrams to send now (none)."""
+
+    def relay(sender, data):
+        """A relay frame (raw 0xD0 bytes) from ``sender`` to a node not live
+        here: carried to the beacon that holds it; returns datagrams to send now."""
 
 
 @implementer(IBeaconStore)
@@ -205,6 +232,8 @@ class SQLiteStore:
         #: (table, primary key) -> (sql, parameters); the latest change per row wins
         self._queue: dict = {}
         self.writes = 0
+        #: the hostname each key holds on disk: a change of it is committed at once
+        self._hostnames: dict = {}
 
     def _check_version(self) -> None:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -217,6 +246,7 @@ class SQLiteStore:
 
     def load(self) -> Snapshot:
         names = tuple(NameRow(bytes(k), h, s) for k, h, s in self._db.execute("SELECT public_key, hostname, last_seen FROM names"))
+        self._hostnames = {row.public_key: row.hostname for row in names}
         visibility = tuple(
             VisibilityRow(bytes(o), v, frozenset(bytes(keys[i : i + 32]) for i in range(0, len(keys), 32)))
             for o, v, keys in self._db.execute("SELECT owner, version, keys FROM visibility")
@@ -240,15 +270,27 @@ class SQLiteStore:
         self._queue.pop(row_key, None)
         self._queue[row_key] = (sql, params)
 
+    def _commit_now(self) -> None:
+        """Commit what is queued before the handler's answer leaves; a failure
+        (a full disk) keeps the batch for the periodic flush to retry."""
+        try:
+            self.flush()
+        except (sqlite3.Error, OSError) as e:
+            _log.error("cannot write the beacon's state at once ({e}); retrying every second", e=e)
+
     def put_name(self, row: NameRow) -> None:
         self._queue_change(
             ("names", row.public_key),
             "INSERT INTO names VALUES (?, ?, ?) ON CONFLICT(public_key) DO UPDATE SET hostname = excluded.hostname, last_seen = excluded.last_seen",
             (row.public_key, row.hostname, row.last_seen),
         )
+        if self._hostnames.get(row.public_key) != row.hostname:
+            self._hostnames[row.public_key] = row.hostname
+            self._commit_now()
 
     def delete_name(self, public_key: bytes) -> None:
         self._queue_change(("names", public_key), "DELETE FROM names WHERE public_key = ?", (public_key,))
+        self._hostnames.pop(public_key, None)
 
     def put_visibility(self, row: VisibilityRow) -> None:
         self._queue_change(
@@ -256,9 +298,11 @@ class SQLiteStore:
             "INSERT OR REPLACE INTO visibility VALUES (?, ?, ?)",
             (row.owner, row.version, b"".join(sorted(row.keys))),
         )
+        self._commit_now()
 
     def delete_visibility(self, owner: bytes) -> None:
         self._queue_change(("visibility", owner), "DELETE FROM visibility WHERE owner = ?", (owner,))
+        self._commit_now()
 
     def put_mail(self, row: MailRow) -> None:
         kind, value = row.recipient
@@ -275,6 +319,7 @@ class SQLiteStore:
                 row.expires_at,
             ),
         )
+        self._commit_now()
 
     def delete_mail(self, mail_id: int) -> None:
         self._queue_change(("mail", mail_id), "DELETE FROM mail WHERE mail_id = ?", (mail_id.to_bytes(8, "big"),))
@@ -284,9 +329,11 @@ class SQLiteStore:
         version = row.version - (1 << 64) if row.version >= 1 << 63 else row.version
         self._queue_change(("cards", row.public_key), "INSERT OR REPLACE INTO cards VALUES (?, ?, ?, ?)",
                            (row.public_key, version, row.card, row.signature))
+        self._commit_now()
 
     def delete_card(self, public_key: bytes) -> None:
         self._queue_change(("cards", public_key), "DELETE FROM cards WHERE public_key = ?", (public_key,))
+        self._commit_now()
 
     # -- writing -------------------------------------------------------------------
 
