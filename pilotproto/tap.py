@@ -3,8 +3,9 @@
 
     twistd -n pilot beacon --port 9000 [--alt-port 9001] [--interface IP]
                           [--tls-port 443 --tls-cert FILE --tls-key FILE]
-    twistd -n pilot node --hostname NAME --beacon HOST:PORT [--public|--private] [--home DIR]
-                         [--beacon-tls HOST:PORT] [--beacon-ca FILE] [--beacon-fingerprint SHA256]
+                          [--state-dir DIR | --store redis://HOST:PORT/DB]
+    twistd -n pilot node --hostname NAME --beacon HOST:PORT [--beacon HOST:PORT ...] [--public|--private] [--home DIR]
+                         [--beacon-tls HOST:PORT ...] [--beacon-ca FILE] [--beacon-fingerprint SHA256 ...]
 """
 
 from __future__ import annotations
@@ -47,11 +48,21 @@ class BeaconOptions(usage.Options):
         ["tls-cert", None, None, "PEM certificate (chain) for --tls-port."],
         ["tls-key", None, None, "PEM private key for --tls-port."],
         ["state-dir", None, None, "Keep names, visibility lists and mail here (SQLite), so that a restart loses none (default: memory only)."],
+        ["store", None, None, "Keep them in Redis instead, shared by every beacon given the same redis://HOST:PORT/DB (a fleet; docs/deploy.md)."],
     ] + _beacon_limit_options()
 
     def postOptions(self):
         if self["tls-port"] is not None and not (self["tls-cert"] and self["tls-key"]):
             raise usage.UsageError("--tls-port needs --tls-cert FILE and --tls-key FILE")
+        if self["store"] is not None:
+            if self["state-dir"] is not None:
+                raise usage.UsageError("give --store or --state-dir, not both (a fleet keeps its state in Redis only)")
+            from .beacon.redis_store import RedisAddress
+
+            try:
+                RedisAddress.parse(self["store"])
+            except PilotError as e:
+                raise usage.UsageError(_message(e)) from None
         # The same checks BeaconService makes, here so that twistd reports
         # them as usage (from makeService they would be a traceback).
         from .beacon.service import _check_alternates
@@ -63,7 +74,7 @@ class BeaconOptions(usage.Options):
 
 
 class NodeOptions(usage.Options):
-    synopsis = "--hostname NAME --beacon HOST:PORT [--public] [--auto-approve] [--home DIR] [--port UDPPORT]"
+    synopsis = "--hostname NAME --beacon HOST:PORT [--beacon HOST:PORT ...] [--public] [--auto-approve] [--home DIR] [--port UDPPORT]"
     longdesc = "Run a pilot node (the daemon behind pilotctl)."
     optFlags = [
         ["public", None, "Let any node look this one up (connecting still needs trust)."],
@@ -74,12 +85,29 @@ class NodeOptions(usage.Options):
     optParameters = [
         ["home", None, None, "The node's home directory (default $PILOT_HOME or ~/.pilot)."],
         ["hostname", None, None, "The name to register under."],
-        ["beacon", "b", None, "The beacon's HOST:PORT."],
         ["port", "p", None, "Local UDP port (default: from config, else any).", _port],
-        ["beacon-tls", None, None, "The beacon's TLS relay HOST:PORT, used when UDP fails (default: the --beacon host, port 443)."],
-        ["beacon-ca", None, None, "A PEM file of CA certificates to trust for the beacon, besides the system's."],
-        ["beacon-fingerprint", None, None, "Trust exactly the beacon certificate with this SHA-256 (hex, colons optional)."],
+        ["beacon-ca", None, None, "A PEM file of CA certificates to trust for the beacons, besides the system's."],
     ]
+
+    def __init__(self):
+        super().__init__()
+        # Repeatable: one per beacon (issue 14).  The Nth --beacon-tls and
+        # --beacon-fingerprint go with the Nth --beacon.
+        self["beacon"], self["beacon-tls"], self["beacon-fingerprint"] = [], [], []
+
+    def opt_beacon(self, value):
+        """A beacon's HOST:PORT (repeatable: the node registers with every one)."""
+        self["beacon"].append(value)
+
+    opt_b = opt_beacon
+
+    def opt_beacon_tls(self, value):
+        """The TLS relay HOST:PORT of the --beacon at the same position, used when UDP fails (default: that beacon's host, port 443)."""
+        self["beacon-tls"].append(value)
+
+    def opt_beacon_fingerprint(self, value):
+        """Trust exactly this certificate (SHA-256, hex) for the --beacon at the same position."""
+        self["beacon-fingerprint"].append(value)
 
     def postOptions(self):
         # Checked here, not in makeService: twistd reports a UsageError from
@@ -212,6 +240,7 @@ def makeService(options, reactor=None) -> service.IService:
                 tls_key=sub["tls-key"],
                 state_dir=sub["state-dir"],
                 limits=limits_from_options(sub),
+                store=sub["store"],
             )
         except PilotError as e:
             raise usage.UsageError(_message(e)) from None
@@ -222,13 +251,13 @@ def makeService(options, reactor=None) -> service.IService:
         node = PilotNode(
             home=sub["home"],
             hostname=sub["hostname"],
-            beacon=sub["beacon"],
+            beacon=sub["beacon"] or None,
             public=_either(sub, "public", "private"),
             auto_approve=_either(sub, "auto-approve", "no-auto-approve"),
             port=sub["port"],
-            beacon_tls=sub["beacon-tls"],
+            beacon_tls=sub["beacon-tls"] or None,
             beacon_ca=sub["beacon-ca"],
-            beacon_fingerprint=sub["beacon-fingerprint"],
+            beacon_fingerprint=sub["beacon-fingerprint"] or None,
             reactor=reactor,
             on_shutdown=reactor.stop,
         )

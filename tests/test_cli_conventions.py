@@ -248,7 +248,7 @@ def test_the_daemon_gets_every_setting_on_its_command_line(home):
     options = tap.Options()
     options.parseOptions(["node", *daemon_control.node_arguments(home, config)])
     sub = options.subOptions
-    assert (sub["hostname"], sub["beacon"], sub["port"], sub["beacon-tls"]) == ("agent-a", "127.0.0.1:7000", 0, "127.0.0.1:7443")
+    assert (sub["hostname"], sub["beacon"], sub["port"], sub["beacon-tls"]) == ("agent-a", ["127.0.0.1:7000"], 0, ["127.0.0.1:7443"])
     # A saved --public / --auto-approve is overridden, not inherited.
     assert tap._either(sub, "public", "private") is False
     assert tap._either(sub, "auto-approve", "no-auto-approve") is False
@@ -335,8 +335,9 @@ def test_netcheck_checks_the_saved_beacon_or_the_given_ones_with_their_tls_relay
 @pytest.mark.parametrize("nat_type, udp, tls, summary", [
     ("none", True, True, "direct to every peer that has UDP (hole punching works from here)"),
     ("full_cone", True, False, "direct to every peer that has UDP (hole punching works from here)"),
-    ("port_restricted_cone", True, True, "direct to most peers; relay for peers behind symmetric NATs"),
-    ("symmetric", True, True, "direct to peers with no NAT or a lenient one; relay for peers behind port-restricted-cone or symmetric NATs"),
+    # Birthday punching reaches symmetric NATs from port-restricted ones.
+    ("port_restricted_cone", True, True, "direct to every peer that has UDP (hole punching works from here)"),
+    ("symmetric", True, True, "direct to peers with no NAT or a lenient one; relay for peers behind symmetric or symmetric-sequential NATs"),
     ("udp_blocked", False, True, "relay over TCP/TLS for every peer (no UDP to the beacon; slower, but it works)"),
     ("udp_blocked", False, False, "no path to any peer: the beacon answers neither UDP nor TLS"),
 ])

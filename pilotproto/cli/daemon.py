@@ -193,7 +193,10 @@ class Launch:
 def prepare_start(home: str, hostname=None, beacon=None, public=None, port=None, auto_approve=None, **beacon_tls) -> NodeConfig:
     """Check nothing runs for ``home``, merge the settings, make sure the identity loads and the port is free.
 
-    ``beacon_tls`` takes ``beacon_tls``, ``beacon_ca`` and ``beacon_fingerprint``.
+    ``beacon`` is one HOST:PORT or a list (``--beacon`` repeated: the node
+    registers with every one); ``beacon_tls`` takes ``beacon_tls``,
+    ``beacon_ca`` and ``beacon_fingerprint`` (the first and last also one
+    value or a list, paired with the beacons by position).
     Nothing is saved: the daemon gets the settings on its command line, and
     :func:`start_daemon` saves them once it has registered, so a failed
     start leaves ``config.json`` as it was."""
@@ -262,16 +265,18 @@ def node_arguments(home: str, config: NodeConfig) -> list[str]:
 
     The daemon runs with these before they are saved: they reach
     ``config.json`` only once it has registered."""
-    args = ["--home", home, "--hostname", config.hostname, "--beacon", config.beacon, "--port", str(config.port)]
+    args = ["--home", home, "--hostname", config.hostname, "--port", str(config.port)]
+    for beacon in config.beacons:
+        args += ["--beacon", beacon]
     args.append("--public" if config.public else "--private")
     args.append("--auto-approve" if config.auto_approve else "--no-auto-approve")
-    for flag, value in (
-        ("--beacon-tls", config.beacon_tls),
-        ("--beacon-ca", config.beacon_ca),
-        ("--beacon-fingerprint", config.beacon_fingerprint),
-    ):
-        if value is not None:
-            args += [flag, value]
+    # Per beacon, in the beacons' order: the Nth goes with the Nth --beacon.
+    for tls in config.beacon_tls:
+        args += ["--beacon-tls", tls]
+    for fingerprint in config.beacon_fingerprint:
+        args += ["--beacon-fingerprint", fingerprint]
+    if config.beacon_ca is not None:
+        args += ["--beacon-ca", config.beacon_ca]
     return args
 
 
@@ -360,7 +365,7 @@ def _still_trying(launch: Launch, info, timeout: float) -> PilotError:
     if info is None:
         what = "its control socket did not come up"
     else:
-        what = f"it has not registered with the beacon {launch.config.beacon}"
+        what = f"it has not registered with the beacon {', '.join(launch.config.beacons)}"
         error = info.get("beacon_error")
         if isinstance(error, dict) and error.get("message"):
             what += f" (last beacon error: {error['message']})"

@@ -236,6 +236,8 @@ def render_info(data: dict) -> str:
         elif value is None:
             value = "-"
         lines.append(f"{label + ':':<{width}} {value}")
+    if len(data.get("beacons") or []) > 1:
+        lines += ["Beacons:"] + ["  " + line for line in status_commands.beacon_lines(data)]
     return "\n".join(lines)
 
 
@@ -273,7 +275,7 @@ def _subcommand(subparsers, name: str, help: str, run, render):
 
 
 def _node_settings(parser) -> None:
-    parser.add_argument("--beacon", metavar="HOST:PORT", help="the beacon to register with")
+    parser.add_argument("--beacon", action="append", metavar="HOST:PORT", help="a beacon to register with (repeatable: the node registers with every one)")
     parser.add_argument(
         "--public",
         action=argparse.BooleanOptionalAction,
@@ -310,9 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--hostname", metavar="NAME", help="this node's name (default: as saved)")
     _node_settings(start)
     start.add_argument("--port", type=int, metavar="UDPPORT", help="local UDP port (default: as saved, 0 = any)")
-    start.add_argument("--beacon-tls", metavar="HOST:PORT", help="the beacon's TLS relay, used when UDP is blocked (default: the beacon host, port 443)")
+    start.add_argument("--beacon-tls", action="append", metavar="HOST:PORT", help="the TLS relay of the --beacon at the same position, used when UDP is blocked (default: that beacon's host, port 443)")
     start.add_argument("--beacon-ca", metavar="FILE", help="PEM CA certificates to trust for the beacon, besides the system's")
-    start.add_argument("--beacon-fingerprint", metavar="SHA256", help="trust exactly the beacon certificate with this SHA-256")
+    start.add_argument("--beacon-fingerprint", action="append", metavar="SHA256", help="trust exactly this certificate (SHA-256) for the --beacon at the same position")
     start.add_argument("--timeout", type=float, default=daemon_control.DEFAULT_START_TIMEOUT, metavar="S")
     stop = _subcommand(actions, "stop", "stop the daemon", run_daemon_stop, render_daemon_stop)
     stop.add_argument("--timeout", type=float, default=daemon_control.DEFAULT_STOP_TIMEOUT, metavar="S")

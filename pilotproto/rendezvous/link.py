@@ -228,6 +228,42 @@ class BeaconLink(service.Service):
         return self.registration.registered
 
     @property
+    def live(self) -> bool:
+        """Registered, and the beacon answered our latest keepalive: False within
+        one keepalive interval of the beacon dying (``registered`` lasts the TTL)."""
+        return self.registration.registered and self.registration.answering
+
+    @property
+    def relay_ready(self) -> bool:
+        """Has the beacon given us a relay key (we registered at least once)?"""
+        return self._relay_key is not None and self.beacon_endpoint is not None
+
+    @property
+    def relay_usable(self) -> bool:
+        """Can a packet be relayed through this beacon now (it answers us, too)?"""
+        return self.relay_ready and self.live
+
+    @property
+    def where(self) -> str:
+        """The beacon as it was given: ``HOST:PORT``."""
+        host, port = self._beacon
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def describe(self) -> dict:
+        """This beacon's state, for ``info``'s ``beacons`` list."""
+        status = self.status()
+        return {
+            "beacon": self.where,
+            "address": str(self.beacon_endpoint) if self.beacon_endpoint is not None else None,
+            # Registered and answering: a beacon that died shows False within a
+            # keepalive interval, not when our registration would run out there.
+            "registered": self.live,
+            "transport": status["beacon_transport"],
+            "reflexive_endpoint": str(self.reflexive_endpoint) if self.reflexive_endpoint else None,
+            "error": status["beacon_error"],
+        }
+
+    @property
     def reflexive_endpoint(self) -> Endpoint | None:
         """Where the beacon sees our UDP datagrams come from; None over TLS
         (the beacon then sees our TCP address, which no peer can use)."""

@@ -95,6 +95,11 @@ class BeaconClient:
         self.beacon_key = None
         self.registered_until = None
         self.last_error = None
+        #: True while the beacon answers: from a registration until a keepalive
+        #: goes unanswered.  ``registered`` lasts the registration's TTL; this
+        #: turns False within one keepalive interval of the beacon dying, which
+        #: is what a node with several beacons needs to move its relaying.
+        self.answering = False
         #: when the first Hello that no Challenge has answered yet was sent
         #: (the node's cue that UDP to the beacon may be blocked)
         self.hello_unanswered_since = None
@@ -265,6 +270,10 @@ class BeaconClient:
         self.registered_until = self._clock.seconds() + self.ttl
 
     @_machine.output()
+    def note_silence(self):
+        self.answering = False
+
+    @_machine.output()
     def forget_registration(self, msg=None):
         self.registered_until = None
 
@@ -289,6 +298,7 @@ class BeaconClient:
         self.ttl = float(msg.ttl)
         self.observed = msg.observed
         self.registered_until = self._clock.seconds() + self.ttl
+        self.answering = True
         address = Address.from_bytes(msg.address)
         self.log.info("registered as {name} ({address}), public endpoint {ep}", name=self.hostname, address=str(address), ep=str(msg.observed))
         self._watcher.beacon_registered(msg.observed)
@@ -296,6 +306,7 @@ class BeaconClient:
     @_machine.output()
     def record_ack(self, msg):
         self.registered_until = self._clock.seconds() + self.ttl
+        self.answering = True
         if msg.observed != self.observed:
             self.log.info("public endpoint changed: {old} -> {new}", old=str(self.observed), new=str(msg.observed))
             self.observed = msg.observed
@@ -352,7 +363,7 @@ class BeaconClient:
         registered_idle.upon(_late, enter=registered_idle, outputs=[])
 
     confirming.upon(rx_keepalive_ack, enter=registered_idle, outputs=[record_ack, arm_keepalive])
-    confirming.upon(timer, enter=greeting, outputs=[send_hello, arm_retry])
+    confirming.upon(timer, enter=greeting, outputs=[note_silence, send_hello, arm_retry])
     confirming.upon(rx_unknown, enter=greeting, outputs=[forget_if_beacon_forgot, send_hello, arm_retry])
     # Limited keepalives still count at the beacon; waiting longer than usual
     # would let the registration expire.

@@ -150,3 +150,16 @@ def daemons(tmp_path, beacon):
     yield d
     d.stop_all()
     assert_clean(d.logs())
+
+
+@pytest.fixture
+def second_beacon(tmp_path):
+    """Another beacon (its own port and logs), for nodes given several (issue 14):
+    pass ``"--beacon", second_beacon.address`` to ``daemons.start``."""
+    workdir = tmp_path / "second-beacon"
+    workdir.mkdir()
+    b = Beacon(str(workdir), free_udp_port())
+    b.start()
+    yield b
+    b.kill()
+    assert_clean(b.log_text())
