@@ -18,7 +18,7 @@ COMMANDS = ["accept", "approve", "connect", "handshake", "info", "listen", "look
 #: pilotproto/control/forward_commands.py's
 COMMANDS = sorted(COMMANDS + ["forward", "forwards", "unforward", "expose", "exposes", "unexpose"])
 #: pilotproto/control/message_commands.py's
-COMMANDS = sorted(COMMANDS + ["send_message", "inbox", "inbox_delete", "publish", "subscribe"])
+COMMANDS = sorted(COMMANDS + ["send_message", "inbox", "inbox_delete", "outbox", "publish", "subscribe"])
 #: pilotproto/control/card_commands.py's
 COMMANDS = sorted(COMMANDS + ["card_set", "card_show", "card_delete", "find"])
 #: pilotproto/control/mcp_commands.py's

@@ -25,6 +25,11 @@ drop mail but cannot forge it.
   answer is ``rate_limited``.  A resent message (same sender and
   ``dedup_key``) replaces the earlier copy instead of adding one.
 * Waiting mail is kept in the beacon's store, so a restart loses none.
+* Sealed mail (``SealedMail``, store-and-forward of messages and their
+  receipts between nodes, :mod:`pilotproto.wire.beacon_sealed`) is mail
+  like the rest, opaque to the beacon, bound to a key from the start; it
+  has its own per-pair cap (``SEALED_PER_PAIR``: a sender may leave more
+  messages than trust requests), and counts towards every other cap.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ PUSHES_PER_NODE = Rate(64, 10)
 PER_RECIPIENT = 64
 PER_SENDER = 256
 PER_PAIR = 8
+#: sealed messages (and receipts) one sender may leave for one recipient
+SEALED_PER_PAIR = 32
 TOTAL = 100_000
 #: what a sender over a cap is told to wait: mail leaves as recipients come online
 FULL_RETRY_AFTER = 300
@@ -90,6 +97,7 @@ class Mailbox:
         total: int = TOTAL,
         store=None,
         per_pair: int = PER_PAIR,
+        sealed_per_pair: int = SEALED_PER_PAIR,
     ):
         self._clock = clock
         self._registry = registry
@@ -101,6 +109,7 @@ class Mailbox:
         self.per_recipient = per_recipient
         self.per_sender = per_sender
         self.per_pair = per_pair
+        self.sealed_per_pair = sealed_per_pair
         self.total = total
         self._boxes: dict[tuple, dict[int, Mail]] = {}
         self._from: collections.Counter = collections.Counter()
@@ -147,8 +156,9 @@ class Mailbox:
         for old in [m for m in self.waiting_for(recipient) if m.sender == sender and m.dedup_key == dedup_key]:
             self._drop(old)
         box = self._boxes.get(recipient, {})
-        pair = sum(1 for m in box.values() if m.sender == sender)
-        if pair >= self.per_pair or len(box) >= self.per_recipient:
+        sealed = is_sealed(dedup_key)
+        pair = sum(1 for m in box.values() if m.sender == sender and is_sealed(m.dedup_key) == sealed)
+        if pair >= (self.sealed_per_pair if sealed else self.per_pair) or len(box) >= self.per_recipient:
             self._refuse("the recipient's mailbox at the beacon is full")
         if self._from[sender] >= self.per_sender:
             self._refuse("you have too much mail waiting at the beacon")
@@ -260,7 +270,53 @@ class Mailbox:
             self._expire_one(mail)
         return len(old)
 
+    # -- a fleet (pilotproto.beacon.fleet): what another beacon posted, bound or dropped --
+
+    def adopt(self, row) -> None:
+        """Another beacon of the fleet keeps this mail (new, or bound to a key
+        now): hold the same copy, and push it if its recipient is live here."""
+        self.forget(row.mail_id)
+        if row.expires_at <= self._clock.seconds():
+            return
+        mail = Mail(row.mail_id, row.sender, row.recipient, row.dedup_key, row.datagram, row.expires_at)
+        self._add(mail)
+        if mail.recipient[0] == "key" and self._registry.get(mail.recipient[1]) is not None:
+            self._start_round(mail)
+
+    def forget(self, mail_id: int) -> bool:
+        """Another beacon of the fleet delivered, expired or replaced this mail."""
+        for box in self._boxes.values():
+            mail = box.get(mail_id)
+            if mail is not None:
+                self._drop(mail)
+                return True
+        return False
+
     def stop(self) -> None:
         for box in self._boxes.values():
             for mail in box.values():
                 self._cancel(mail)
+
+
+def is_sealed(dedup_key: tuple) -> bool:
+    return bool(dedup_key) and dedup_key[0] == "sealed"
+
+
+# -- the server's handlers ------------------------------------------------------------
+
+
+def rx_sealed_mail(server, msg, inbound):
+    """Keep a sealed message (or receipt) for its recipient's key; Ok, or why not."""
+    sender, refusal = server._authenticate(msg, inbound)
+    if sender is None:
+        return refusal
+    if msg.recipient_key == sender.public_key:
+        return server._error(msg, "invalid_argument", "a node cannot leave mail for itself", inbound, True)
+    server.counters["sealed_posted"] += 1
+    return server._post(msg, sender, ("key", msg.recipient_key), ("sealed", msg.message_id), inbound, msg.expires_at)
+
+
+#: merged into the server's dispatch table (:mod:`pilotproto.beacon.server`)
+SEALED_HANDLERS = {
+    msgs.SealedMail: rx_sealed_mail,
+}

@@ -1,7 +1,7 @@
 """
 ``pilotctl send-message/inbox/publish/subscribe``: messages (port 1001) and
 events (port 1002) through the daemon's durable inbox and outbox
-(``send_message``, ``inbox``, ``inbox_delete``, ``publish``, ``subscribe``
+(``send_message``, ``inbox``, ``inbox_delete``, ``outbox``, ``publish``, ``subscribe``
 in ``docs/control.md``).  ``--follow`` and ``subscribe`` print as things
 arrive: lines for a person, or one JSON object per line with ``--json``.
 """
@@ -63,9 +63,41 @@ def run_send_message(args, ctx) -> dict:
 
 def render_send_message(data: dict) -> str:
     if data["state"] == "delivered":
-        return f"Delivered message {data['id']} to {data['peer']} ({data['size']} bytes, stored on arrival)."
+        via = " through the beacon" if data.get("via") == "beacon" else ""
+        return f"Delivered message {data['id']} to {data['peer']}{via} ({data['size']} bytes, stored on arrival)."
     return (f"Queued message {data['id']} for {data['peer']} ({data['size']} bytes): it is not acked yet; "
-            "the daemon keeps retrying until it is (for up to 7 days).")
+            "the daemon keeps retrying until it is (for up to 7 days), and leaves it sealed at the beacon "
+            f"if the peer is offline. See: pilotctl outbox {data['id']}")
+
+
+# -- outbox ----------------------------------------------------------------------------------------
+
+
+def run_outbox(args, ctx) -> dict:
+    if args.count is not None and not 1 <= args.count <= 1000:
+        raise InvalidArgument("--count must be from 1 to 1000")
+    if not 0 <= args.wait <= MAX_WAIT:
+        raise InvalidArgument(f"--wait must be from 0 to {MAX_WAIT} seconds")
+    if args.wait and args.id is None:
+        raise InvalidArgument("--wait needs a message ID", hint="pilotctl outbox ID --wait 30")
+    request = {"id": args.id, "wait": args.wait, "count": args.count or 100}
+    return ControlClient(ctx.home).request("outbox", request, timeout=args.wait + 45)
+
+
+def _state_line(row: dict) -> str:
+    if row["state"] == "delivered":
+        how = f"delivered via {row.get('via') or 'stream'} at {_when(row.get('updated'))}"
+    elif row["state"] == "failed":
+        how = f"failed: {row.get('error') or 'refused'}"
+    else:
+        how = "queued" + (f", sealed at the beacon since {_when(row['sealed_at'])}" if row.get("sealed") else "")
+    return f"{row['id']} to {row.get('peer') or row['address']} ({row['size']} bytes, sent {_when(row['created'])}): {how}"
+
+
+def render_outbox(data: dict) -> str:
+    if not data["messages"]:
+        return "No message sent in the last 7 days."
+    return "\n".join(_state_line(row) for row in data["messages"])
 
 
 # -- inbox ---------------------------------------------------------------------------------------
@@ -182,6 +214,12 @@ def add_commands(commands, subcommand) -> None:
     send.add_argument("--file", metavar="F", help=f"send the bytes of file F (at most {MAX_DATA})")
     send.add_argument("--wait", type=float, default=10.0, metavar="S",
                       help="seconds to wait for the peer's ack before answering 'queued' (default 10)")
+
+    outbox = subcommand(commands, "outbox", "what became of the messages this node sent (queued, delivered, failed)",
+                        run_outbox, render_outbox)
+    outbox.add_argument("id", nargs="?", metavar="ID", help="only this message")
+    outbox.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for ID to be delivered")
+    outbox.add_argument("--count", type=int, metavar="N", help="at most N messages, newest first (default 100)")
 
     inbox = subcommand(commands, "inbox", "messages and files peers sent (kept until deleted)", run_inbox, render_inbox)
     inbox.add_argument("--follow", "-f", action="store_true", help="keep printing new items as they arrive")

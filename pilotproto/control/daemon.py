@@ -143,6 +143,10 @@ class DaemonNode(DaemonCards, DaemonMcp):
     def inbox_delete(self, seqs):
         return self._call("inbox_delete", {"seqs": list(seqs)})
 
+    def outbox(self, id=None, wait=0, count=100):
+        args = {"id": id, "wait": wait, "count": count}
+        return self._call("outbox", args, timeout=_number(wait) + timeouts.CONTROL_COMMAND)
+
     def publish(self, topic, data):
         return defer.maybeDeferred(lambda: self._call("publish", {"topic": topic, "data": _b64(data)}))
 

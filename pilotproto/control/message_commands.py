@@ -1,6 +1,6 @@
 """
 The control socket's message and event commands (``docs/control.md``):
-``send_message``, ``inbox``, ``inbox_delete``, ``publish``, and the
+``send_message``, ``inbox``, ``inbox_delete``, ``outbox``, ``publish``, and the
 upgrading ``subscribe``, as an adapter over any :class:`IPilotNode`.
 
 Bytes travel as base64 text in ``data``.  ``subscribe`` turns its
@@ -161,6 +161,7 @@ class MessageCommands:
             "send_message": Command(self.send_message),
             "inbox": Command(self.inbox),
             "inbox_delete": Command(self.inbox_delete),
+            "outbox": Command(self.outbox),
             "publish": Command(self.publish),
             "subscribe": Command(self.subscribe, upgrades=True),
         }
@@ -184,6 +185,14 @@ class MessageCommands:
         if not isinstance(seqs, list) or len(seqs) > 1000:
             raise InvalidArgument("seqs must be a list of at most 1000 seqs")
         return self._node.inbox_delete([_seq("seqs", s) for s in seqs])
+
+    def outbox(self, id=None, wait=0, count=100):
+        """``{"messages": [{"id", "peer", "address", "state", "via", "sealed", ...}], "queues": [...]}``."""
+        if id is not None and (not isinstance(id, str) or len(id) != 16 or any(c not in "0123456789abcdef" for c in id)):
+            raise InvalidArgument("id must be a message id: 16 lower-case hex digits")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+            raise InvalidArgument("count must be a whole number from 1 to 1000")
+        return self._node.outbox(id, _seconds("wait", wait), count)
 
     def publish(self, topic, data):
         """``{"id", "topic", "size", "subscribers": [PEER...]}``."""

@@ -132,7 +132,9 @@ class MailPeers:
         self._ports = ports
 
     def trusted_peers(self) -> list[dict]:
-        return [{"hostname": p["hostname"], "address": p["address"]} for p in self._trust.trusted()]
+        # The key (base64) too: store-and-forward seals to it (node/sealed.py).
+        return [{"hostname": p["hostname"], "address": p["address"], "public_key": p.get("public_key")}
+                for p in self._trust.trusted()]
 
     def lookup(self, target):
         return defer.maybeDeferred(self._directory.lookup, target)

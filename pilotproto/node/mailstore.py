@@ -10,7 +10,10 @@ crash, and the sender forgets only what was acked):
   ids already seen (for dedup), the patterns peers announced to us, and our
   own subscription patterns with their linger times.
 - ``HOME/outbox/outbox.db`` (:class:`OutboxStore`), the sender's side:
-  what waits to be delivered, per peer, in order.
+  what waits to be delivered, per peer, in order; which of it was also
+  left sealed at the beacon; and each message's state (``queued``,
+  ``delivered``, ``failed``), kept a week after it settles, for
+  ``pilotctl outbox``.
 
 Seqs come from ``AUTOINCREMENT`` keys, so they only ever grow, across
 deletions and restarts: a client resuming with ``after=SEQ`` never misses an
@@ -281,6 +284,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     n INTEGER PRIMARY KEY AUTOINCREMENT, address TEXT NOT NULL, port INTEGER NOT NULL, id TEXT NOT NULL,
     kind TEXT NOT NULL, header TEXT NOT NULL, data BLOB NOT NULL, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_by_address ON outbox(address, n);
+CREATE TABLE IF NOT EXISTS sealed (n INTEGER PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (
+    id TEXT NOT NULL, address TEXT NOT NULL, state TEXT NOT NULL, via TEXT, size INTEGER NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL, sealed_at REAL, error TEXT, PRIMARY KEY (address, id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_by_time ON sent(updated);
 """
 
 
@@ -301,17 +309,61 @@ class OutboxStore:
                 db.execute("DELETE FROM outbox WHERE address=? AND kind=?", (address, replaces))
             cursor = db.execute("INSERT INTO outbox VALUES (NULL, ?, ?, ?, ?, ?, ?, ?)",
                                 (address, port, id_, kind, json.dumps(header), data, created))
+            if kind == "message":
+                db.execute("INSERT OR REPLACE INTO sent VALUES (?, ?, 'queued', NULL, ?, ?, ?, NULL, NULL)",
+                           (id_, address, len(data), created, created))
             return cursor.lastrowid
 
     def remove(self, n: int) -> None:
         with self._db.transaction() as db:
             db.execute("DELETE FROM outbox WHERE n=?", (n,))
+            db.execute("DELETE FROM sealed WHERE n=?", (n,))
+
+    # -- sealed copies at the beacon, and what became of each message ----------------------
+
+    def mark_sealed(self, n: int, at: float) -> None:
+        """Item ``n`` is also at the beacon, sealed (if it is still queued)."""
+        with self._db.transaction() as db:
+            row = db.execute("SELECT address, id FROM outbox WHERE n=?", (n,)).fetchone()
+            if row is None:
+                return
+            db.execute("INSERT OR REPLACE INTO sealed VALUES (?, ?)", (n, at))
+            db.execute("UPDATE sent SET sealed_at=?, updated=? WHERE address=? AND id=?", (at, at, row[0], row[1]))
+
+    def sealed(self) -> dict[int, float]:
+        """Queued item -> when its sealed copy was left at the beacon."""
+        return dict(self._db.query("SELECT n, at FROM sealed"))
+
+    def settle(self, address: str, id_: str, state: str, at: float, via: str | None = None, error: str | None = None) -> None:
+        """Message ``id_`` to ``address`` is ``delivered`` (``via`` a stream or the beacon) or ``failed``."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE sent SET state=?, via=?, updated=?, error=? WHERE address=? AND id=? AND state='queued'",
+                       (state, via, at, error, address, id_))
+
+    def find(self, address: str, id_: str) -> list[int]:
+        """The queued items with this id for ``address``."""
+        return [n for (n,) in self._db.query("SELECT n FROM outbox WHERE address=? AND id=?", (address, id_))]
+
+    def message_states(self, id_: str | None = None, count: int = 100) -> list[dict]:
+        """The newest ``count`` messages' states (or message ``id_``'s), newest first."""
+        sql = "SELECT id, address, state, via, size, created, updated, sealed_at, error FROM sent"
+        rows = self._db.query(sql + (" WHERE id=?" if id_ else "") + " ORDER BY created DESC LIMIT ?",
+                              ((id_, count) if id_ else (count,)))
+        return [{"id": i, "address": a, "state": st, "via": via, "size": size, "created": c, "updated": u,
+                 "sealed": sealed_at is not None, "sealed_at": sealed_at, "error": err}
+                for i, a, st, via, size, c, u, sealed_at, err in rows]
+
+    def prune_states(self, before: float) -> None:
+        """Forget settled messages last changed before ``before``."""
+        with self._db.transaction() as db:
+            db.execute("DELETE FROM sent WHERE state != 'queued' AND updated < ?", (before,))
 
     def exists(self, n: int) -> bool:
         return bool(self._db.query("SELECT 1 FROM outbox WHERE n=?", (n,)))
 
     def drop_peer(self, address: str) -> int:
         with self._db.transaction() as db:
+            db.execute("DELETE FROM sealed WHERE n IN (SELECT n FROM outbox WHERE address=?)", (address,))
             return db.execute("DELETE FROM outbox WHERE address=?", (address,)).rowcount
 
     def rows(self, address: str | None = None) -> list[dict]:

@@ -8,10 +8,16 @@ outbox and its stream carrier, the inbox and the event bus, and wires them
 our subscriptions; stopped, it stops every timer and fails every long poll.
 Trust changes come in as an :class:`~pilotproto.interfaces.ITrustListener`:
 a revoked peer's queued items and subscriptions are dropped.
+
+Given a ``poster`` (a :class:`~pilotproto.rendezvous.sealed.SealedPoster`),
+it also makes the store-and-forward worker (:mod:`pilotproto.node.sealed`):
+messages a peer does not take within a few seconds are left sealed at the
+beacon; :attr:`forwarder` is the sink the beacon link hands sealed mail to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 from twisted.application import service
@@ -19,7 +25,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from ..common.wiring import check_provides
-from ..errors import InvalidArgument, NotTrusted
+from ..errors import InvalidArgument, NotFound, NotTrusted
 from ..interfaces import IMailPeers, ITrustListener
 from ..trust.book import address_of
 from .delivery import StreamCarrier
@@ -27,6 +33,7 @@ from .events import LINGER, Events
 from .inbox import INBOX_PORT, MAX_MESSAGE, Inbox
 from .mailstore import MailStore, OutboxStore
 from .outbox import Outbox
+from .sealed import StoreAndForward
 
 #: the longest send_message waits for the receiver's ack before answering "queued"
 MAX_WAIT = 60
@@ -44,14 +51,18 @@ class Mail(service.Service):
     name = "mail"
 
     def __init__(self, clock, home: str, peers, ids, hostname: str, address: str, linger: float = LINGER,
-                 carrier=None, outbox_options=None):
+                 carrier=None, outbox_options=None, poster=None, forward_options=None):
         self._clock = clock
         self._peers = check_provides(peers, IMailPeers, "Mail.peers")
         self._ids = ids
         self.store = MailStore(home, clock)
+        #: store-and-forward through the beacon (None: the stream only)
+        self.forwarder = StoreAndForward(clock, poster, peers, **(forward_options or {})) if poster is not None else None
         self.outbox = Outbox(clock, OutboxStore(home), carrier if carrier is not None else StreamCarrier(clock, peers),
-                             **(outbox_options or {}))
+                             sealer=self.forwarder, **(outbox_options or {}))
         self.inbox = Inbox(home, clock, store=self.store, outbox=self.outbox)
+        if self.forwarder is not None:
+            self.forwarder.wire(self.outbox, self.inbox)
         self.events = Events(clock, self.store, self.outbox, peers, ids, hostname, address, linger=linger)
 
     def startService(self):
@@ -101,11 +112,39 @@ class Mail(service.Service):
             acked = self.outbox.when_acked(n)
             acked.addTimeout(wait, self._clock)
             try:
-                yield acked
+                reply = yield acked
                 answer["state"] = "delivered"
+                answer["via"] = reply.get("via", "stream") if isinstance(reply, dict) else "stream"
             except defer.TimeoutError:
                 answer["state"] = "queued"  # still in the outbox, retried until acked
         return answer
+
+    # -- what became of what we sent ---------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def outbox_messages(self, id=None, wait=0, count=100):
+        """``{"messages": [...], "queues": [...]}``: each message's state, newest first (``id``: that one,
+        waiting up to ``wait`` s while it is still queued)."""
+        if id is not None and (not isinstance(id, str) or not id):
+            raise InvalidArgument("id must be a message id (16 hex digits)")
+        if not isinstance(wait, (int, float)) or isinstance(wait, bool) or not 0 <= wait <= MAX_WAIT:
+            raise InvalidArgument(f"wait must be a number of seconds from 0 to {MAX_WAIT}")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 1000:
+            raise InvalidArgument("count must be a whole number from 1 to 1000")
+        found = self.outbox.messages(id, count)
+        if id is not None and not found:
+            raise NotFound(f"no message {id} in the outbox's record", hint="Messages are remembered 7 days after they settle.")
+        waiting = [n for row in found if row["state"] == "queued" for n in self.outbox.store.find(row["address"], row["id"])]
+        if id is not None and wait > 0 and waiting:
+            acked = defer.DeferredList([self.outbox.when_acked(n) for n in waiting], consumeErrors=True)
+            acked.addTimeout(wait, self._clock)
+            with contextlib.suppress(defer.TimeoutError):  # still queued after ``wait``: say so
+                yield acked
+            found = self.outbox.messages(id, count)
+        names = {p["address"]: p["hostname"] for p in self._peers.trusted_peers()}
+        for row in found:
+            row["peer"] = names.get(row["address"]) or row["address"]
+        return {"messages": found, "queues": self.outbox.describe()}
 
     # -- ITrustListener ------------------------------------------------------------------------
 

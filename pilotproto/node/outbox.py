@@ -17,6 +17,13 @@ Items older than ``max_age`` are dropped.  A receiver's ``invalid_argument``,
 ``protocol_error`` or ``checksum_mismatch`` will not get better by retrying:
 that item is dropped (and a ``send_message`` waiting for it fails); every
 other failure (unreachable, ``no_space``, a timeout) is retried.
+
+An optional :class:`ISealer` (store-and-forward, :mod:`pilotproto.node.sealed`)
+hears of every item queued and settled: it may leave a sealed copy of a
+message at the beacon, whose end-to-end *receipt* (:meth:`Outbox.receipt`)
+settles the item as an ack over a stream does.  The store keeps each
+message's state (``queued``, ``delivered`` via ``stream`` or ``beacon``,
+``failed``) for :meth:`Outbox.messages`.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import enum
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from ..common.wiring import check_provides
 from ..errors import PilotError, Refused
@@ -38,7 +45,23 @@ MAX_AGE = 7 * 24 * 3600.0
 #: the receiver's answers that no retry can change
 PERMANENT = frozenset({"invalid_argument", "protocol_error", "checksum_mismatch"})
 
+#: how long a settled message's state is kept for ``pilotctl outbox``
+STATE_SECONDS = 7 * 24 * 3600.0
+
 log = Logger()
+
+
+class ISealer(Interface):
+    """Hears what the outbox queues and settles (store-and-forward)."""
+
+    def queued(row):
+        """Item ``row`` (a dict: n, address, port, id, kind, header, data, created) waits for its peer."""
+
+    def settled(n):
+        """Item ``n`` left the outbox (acked, receipted, refused, expired or dropped)."""
+
+    def stop():
+        """The outbox stops: cancel every timer."""
 
 
 class Phase(enum.Enum):
@@ -216,7 +239,7 @@ class Outbox:
     """Every peer's queue over ``store`` (an OutboxStore), delivered by ``carrier`` (IItemCarrier)."""
 
     def __init__(self, clock, store, carrier, first_delay: float = FIRST_DELAY, max_delay: float = MAX_DELAY,
-                 max_age: float = MAX_AGE):
+                 max_age: float = MAX_AGE, sealer=None):
         self.clock = clock
         self.store = store
         self.carrier = check_provides(carrier, IItemCarrier, "Outbox.carrier")
@@ -226,6 +249,7 @@ class Outbox:
         self.queues: dict[str, PeerQueue] = {}
         self._waiters: dict[int, list[defer.Deferred]] = {}
         self._running = False
+        self.sealer = check_provides(sealer, ISealer, "Outbox.sealer") if sealer is not None else None
 
     def delay(self, attempts: int) -> float:
         """Seconds before retry number ``attempts`` (1, 2, ...): doubling, capped."""
@@ -242,11 +266,20 @@ class Outbox:
     def start(self) -> None:
         """Resume what the store holds (from before a restart)."""
         self._running = True
-        for address in dict.fromkeys(row["address"] for row in self.store.rows()):
+        self.store.prune_states(self.clock.seconds() - STATE_SECONDS)
+        rows = self.store.rows()
+        if self.sealer is not None:
+            sealed = self.store.sealed()
+            for row in rows:
+                if row["n"] not in sealed:
+                    self.sealer.queued(row)
+        for address in dict.fromkeys(row["address"] for row in rows):
             self._queue(address).feed(Queued())
 
     def stop(self) -> None:
         self._running = False
+        if self.sealer is not None:
+            self.sealer.stop()
         queues, self.queues = self.queues, {}
         for queue in queues.values():
             queue.feed(Stop())
@@ -258,8 +291,12 @@ class Outbox:
     # -- IOutbox -------------------------------------------------------------------------
 
     def enqueue(self, address, port, id, kind, header, data, replaces=None) -> int:
-        n = self.store.add(address, port, id, kind, header, data, self.clock.seconds(), replaces=replaces)
+        created = self.clock.seconds()
+        n = self.store.add(address, port, id, kind, header, data, created, replaces=replaces)
         if self._running:
+            if self.sealer is not None:
+                self.sealer.queued({"n": n, "address": address, "port": port, "id": id, "kind": kind, "header": header,
+                                    "data": data, "created": created})
             self._queue(address).feed(Queued())
         return n
 
@@ -285,6 +322,9 @@ class Outbox:
             queue.feed(Stop())
         for n in dropped:
             self._fire(n, error=Refused(f"trust in {address} ended before it acked"))
+        for row in self.store.message_states(count=1_000_000):
+            if row["address"] == address and row["state"] == "queued":
+                self.store.settle(address, row["id"], "failed", self.clock.seconds(), error="trust ended")
 
     # -- what the queues ask and tell ------------------------------------------------------
 
@@ -296,19 +336,48 @@ class Outbox:
                 return row
             log.warn("outbox: {kind} {id} to {peer} expired unacked after {days:g} days",
                      kind=row["kind"], id=row["id"], peer=address, days=self.max_age / 86400)
-            self.store.remove(row["n"])
+            self._forget(row, "failed", error="expired")
             self._fire(row["n"], error=PilotError(f"{address} did not ack within {self.max_age / 86400:g} days"))
         return None
 
+    def _forget(self, row: dict, state: str, via: str | None = None, error: str | None = None) -> None:
+        self.store.remove(row["n"])
+        if row["kind"] == "message":
+            self.store.settle(row["address"], row["id"], state, self.clock.seconds(), via=via, error=error)
+        if self.sealer is not None:
+            self.sealer.settled(row["n"])
+
     def acked(self, n: int, reply: dict) -> None:
-        self.store.remove(n)
+        row = self.queues_row(n)
+        if row is not None:
+            self._forget(row, "delivered", via="stream")
         self._fire(n, reply=reply)
+
+    def queues_row(self, n: int) -> dict | None:
+        """The in-flight row ``n`` (the queues hold it while it is delivered)."""
+        for queue in self.queues.values():
+            if queue.in_flight is not None and queue.in_flight["n"] == n:
+                return queue.in_flight
+        return None
+
+    def receipt(self, address: str, id_: str) -> bool:
+        """``address`` stored our message ``id_`` (its sealed receipt came); False if it was settled before."""
+        found = [row for row in self.store.rows(address) if row["id"] == id_]
+        for row in found:
+            self._forget(row, "delivered", via="beacon")
+            self._fire(row["n"], reply={"status": "ok", "kind": row["kind"], "id": id_, "duplicate": False, "via": "beacon"})
+        self.peer_seen(address)
+        return bool(found)
 
     def rejected(self, row: dict, error: Exception) -> None:
         log.warn("outbox: {peer} refused {kind} {id} for good: {why}", peer=row["address"], kind=row["kind"],
                  id=row["id"], why=str(error))
-        self.store.remove(row["n"])
+        self._forget(row, "failed", error=str(error))
         self._fire(row["n"], error=error)
+
+    def messages(self, id_: str | None = None, count: int = 100) -> list[dict]:
+        """The newest messages' states (``queued``/``delivered``/``failed``), newest first."""
+        return self.store.message_states(id_, count)
 
     def _fire(self, n: int, reply=None, error=None) -> None:
         for d in self._waiters.pop(n, []):

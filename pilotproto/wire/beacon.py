@@ -380,12 +380,13 @@ from .beacon_cards import (  # noqa: E402  (registers types 40-49: agent cards)
     FindResult,
     SetCard,
 )
+from .beacon_sealed import MAX_SEALED, MAX_SEALED_BODY, SealedMail  # noqa: E402  (type 60: store-and-forward)
 
 MESSAGE_TYPES = tuple(TYPES.values())
 
 __all__ = [
     "DecodeError", "Endpoint", "HEADER_SIZE", "KEY_SIZE", "KIND", "NONCE_SIZE", "SIG_SIZE",
     "SIGNING_CONTEXT", "VERSION", "HELLO_MIN_SIZE", "FLAG_PUBLIC", "MAX_REASON", "MAX_LAN_ENDPOINTS", "PATH_TOKEN_SIZE",
-    "VISIBILITY_CHUNK_KEYS", "MAX_DELIVERED", "MESSAGE_TYPES",
+    "VISIBILITY_CHUNK_KEYS", "MAX_DELIVERED", "MAX_SEALED", "MAX_SEALED_BODY", "MESSAGE_TYPES",
     "decode", "encode", "sign", "signed_bytes",
 ] + [cls.__name__ for cls in MESSAGE_TYPES]
