@@ -92,6 +92,13 @@ class RecordingSender:
     def send(self, data, destination, ttl=None):
         self.sent.append((bytes(data), destination, ttl))
 
+    def send_many(self, packets, destination):
+        for data in packets:
+            self.send(data, destination)
+
+    def flush(self):
+        """Nothing is held: every send is recorded at once."""
+
 
 class Recorder:
     """Records calls to any method name as ``(name, args)``; returns ``results.get(name)``."""

@@ -55,3 +55,28 @@ class BeaconStream:
 
 
 Source = Direct | Relayed | BeaconStream
+
+
+class DirectSources:
+    """Socket addresses to :class:`Direct` sources, made once per address.
+
+    The UDP socket reads packets from a handful of peers: parsing and
+    validating each packet's address (``ipaddress``, attrs validators) would
+    cost more than the read.  A packet from an address seen before gets the
+    same ``Direct`` object back.  At most ``size`` addresses are kept; when
+    full the cache starts over (a flood of spoofed sources cannot grow it).
+    """
+
+    def __init__(self, size: int = 4096):
+        self._size = size
+        self._known: dict = {}
+
+    def get(self, addr: tuple) -> Direct:
+        """The source for ``addr`` (``(host, port)``, or IPv6's four-tuple); ValueError if malformed."""
+        source = self._known.get(addr)
+        if source is None:
+            source = Direct(Endpoint(addr[0], addr[1]))
+            if len(self._known) >= self._size:
+                self._known.clear()
+            self._known[addr] = source
+        return source
