@@ -17,9 +17,11 @@ public address, and cone NATs keep the inside port).  It prints both
 goodputs in Mbit/s, their ratio, and a cProfile of the pilot sender (a
 second, shorter run, so the profiler's overhead does not touch the figure).
 
-The worker modes (``pilot-send``, ``pilot-recv``, ``quic-send``,
-``quic-recv``) are also used by ``tests/lab/test_streams_lab.py``.  Every
-worker prints JSON lines on stdout: ``{"event": ...}``.
+The worker modes (``pilot-send``, ``pilot-recv``, ``pilot-dial``,
+``quic-send``, ``quic-recv``) are also used by ``tests/lab/test_streams_lab.py``
+and ``benchmarks/perf.py``.  Every worker prints JSON lines on stdout:
+``{"event": ...}``.  ``--stream-options '{"pacing": false}'`` passes keyword
+arguments to every ``StreamConnection`` of the pilot workers, for A/B runs.
 """
 
 from __future__ import annotations
@@ -86,14 +88,17 @@ def pilot_worker(args) -> None:
     from pilotproto.control.service import ControlService
     from pilotproto.node.service import PilotNode
 
-    if args.controller == "newreno":
-        # For an A/B comparison only: the node builds its StreamConnection with the default controller.
+    options = json.loads(args.stream_options or "{}")
+    if args.controller == "newreno" or options:
+        # For A/B comparisons only: the node builds its StreamConnection with the defaults.
         import functools
 
         from pilotproto.session import peer
         from pilotproto.streams import NewReno, StreamConnection
 
-        peer.StreamConnection = functools.partial(StreamConnection, congestion_control=NewReno)
+        if args.controller == "newreno":
+            options["congestion_control"] = NewReno
+        peer.StreamConnection = functools.partial(StreamConnection, **options)
     node = PilotNode(
         home=args.home, hostname=args.hostname, beacon=args.beacon, beacon_ca=args.beacon_ca, reactor=reactor
     )
@@ -178,12 +183,46 @@ def pilot_worker(args) -> None:
             emit("sent", seconds=time.monotonic() - self.started, cpu_seconds=time.process_time() - self.cpu,
                  reason=reason.getErrorMessage(), stats=self.stats())  # fmt: skip
 
+    class Probe(Protocol):
+        """pilot-dial: one byte to the peer's echo port; when it is back, wait for a verified direct path."""
+
+        def connectionMade(self):
+            self.first = None
+            self.transport.write(b"x")
+
+        def dataReceived(self, data):
+            if self.first is not None:
+                return
+            self.first = time.monotonic()
+            emit("first-byte", ms=round((self.first - self.factory.dialled) * 1e3, 2))
+            self.poll = task.LoopingCall(self.check_path)
+            self.poll.start(0.001)
+
+        def check_path(self):
+            from pilotproto.lab.matrix import DIRECT_KINDS
+
+            elapsed = time.monotonic() - self.factory.dialled
+            for entry in node.sessions.describe():
+                if entry["hostname"] == args.peer and entry["path"] in DIRECT_KINDS:
+                    self.poll.stop()
+                    emit("direct", ms=round(elapsed * 1e3, 2), path=entry["path"])
+                    self.transport.loseConnection()
+                    return
+            if elapsed > 30:
+                self.poll.stop()
+                emit("direct", ms=None, path="never")
+
     class Commands(LineReceiver):
         delimiter = b"\n"
 
         def lineReceived(self, line):
             if line.strip() == b"go":
-                d = node.dial(args.peer, args.port, Factory.forProtocol(Source))
+                if args.role == "pilot-dial":
+                    factory = Factory.forProtocol(Probe)
+                    factory.dialled = time.monotonic()
+                    d = node.dial(args.peer, 7, factory)
+                else:
+                    d = node.dial(args.peer, args.port, Factory.forProtocol(Source))
                 d.addErrback(lambda f: emit("error", message=f.getErrorMessage()))
 
         def connectionLost(self, reason):
@@ -250,7 +289,7 @@ def quic_worker(args) -> None:
 
         def handle(reader, writer):
             async def run():
-                digest, size, started = hashlib.sha256(), 0, time.monotonic()
+                digest, size, started, cpu = hashlib.sha256(), 0, time.monotonic(), time.process_time()
                 while True:
                     data = await reader.read(1 << 20)
                     if not data:
@@ -258,7 +297,8 @@ def quic_worker(args) -> None:
                     digest.update(data)
                     size += len(data)
                 seconds = time.monotonic() - started
-                emit("received", size=size, sha256=digest.hexdigest(), seconds=seconds)
+                emit("received", size=size, sha256=digest.hexdigest(), seconds=seconds,
+                     cpu_seconds=time.process_time() - cpu)  # fmt: skip
                 writer.write(b"ok")
                 writer.write_eof()
                 await asyncio.sleep(0.5)
@@ -277,13 +317,13 @@ def quic_worker(args) -> None:
         config = QuicConfiguration(is_client=True, alpn_protocols=["bench"], verify_mode=ssl.CERT_NONE)
         async with connect(peer_host, peer_port, configuration=config, local_port=QUIC_PORT) as conn:
             reader, writer = await conn.create_stream()
-            started = time.monotonic()
+            started, cpu = time.monotonic(), time.process_time()
             for chunk in chunks(args.size, args.seed):
                 writer.write(chunk)
                 await writer.drain()
             writer.write_eof()
             await reader.read()
-            emit("sent", seconds=time.monotonic() - started)
+            emit("sent", seconds=time.monotonic() - started, cpu_seconds=time.process_time() - cpu)
 
     if os.environ.get("BENCH_DEBUG"):
         import logging
@@ -376,7 +416,7 @@ class ControlledNode:
 
 
 def pilot_transfer(lab, beacon, hosts, workdir, size, seed=7, timeout=300.0, profile=None, want_direct=True,
-                   controller="bbr"):
+                   controller="bbr", stream_options=None):
     """Run a pilot stream of ``size`` bytes from ``hosts[0]`` to ``hosts[1]``; returns the receiver's result."""
     from pilotproto.lab.matrix import DIRECT_KINDS, establish_trust
 
@@ -385,6 +425,8 @@ def pilot_transfer(lab, beacon, hosts, workdir, size, seed=7, timeout=300.0, pro
     homes = [os.path.join(workdir, name) for name in names]
     common = ["--beacon", beacon.address, "--beacon-ca", beacon.pki.ca_file, "--size", str(size), "--seed", str(seed),
               "--controller", controller]  # fmt: skip
+    if stream_options:
+        common += ["--stream-options", json.dumps(stream_options)]
     receiver = Worker(lab, hosts[1], ["pilot-recv", "--home", homes[1], "--hostname", names[1], *common])
     sender_argv = ["pilot-send", "--home", homes[0], "--hostname", names[0], "--peer", names[1], *common]
     if profile:
@@ -475,7 +517,8 @@ def run(options) -> dict:
         sites = [lab.add_site("port-restricted-cone", loss=options.loss, reorder=options.reorder) for _ in range(2)]
         hosts = [site.hosts[0] for site in sites]
         expected = expected_digest(size, 7)
-        pilot = pilot_transfer(lab, beacon, hosts, workdir, size, want_direct=True, controller=options.controller)
+        pilot = pilot_transfer(lab, beacon, hosts, workdir, size, want_direct=True, controller=options.controller,
+                               stream_options=json.loads(options.stream_options or "{}"))
         report["pilot"] = {"mbit_s": round(mbit(pilot), 1), "seconds": round(pilot["seconds"], 2),
                            "path": pilot["path"], "intact": pilot["sha256"] == expected and pilot["size"] == size,
                            "sender_cpu_s": round(pilot["sender"]["cpu_seconds"], 2),
@@ -516,7 +559,8 @@ def main(argv=None) -> int:
         p.add_argument("--json", action="store_true")
         p.add_argument("--controller", choices=("bbr", "newreno"), default="bbr", help="pilot's congestion control")
         p.add_argument("--no-baseline", action="store_true", help="skip the aioquic run")
-    for role in ("pilot-send", "pilot-recv"):
+        p.add_argument("--stream-options", help='JSON: StreamConnection keyword arguments, e.g. {"pacing": false}')
+    for role in ("pilot-send", "pilot-recv", "pilot-dial"):
         w = sub.add_parser(role)
         w.add_argument("--home", required=True)
         w.add_argument("--hostname", required=True)
@@ -528,6 +572,7 @@ def main(argv=None) -> int:
         w.add_argument("--seed", type=int, default=7)
         w.add_argument("--profile")
         w.add_argument("--controller", choices=("bbr", "newreno"), default="bbr")
+        w.add_argument("--stream-options", help="JSON: StreamConnection keyword arguments (A/B experiments)")
     for role in ("quic-send", "quic-recv"):
         w = sub.add_parser(role)
         w.add_argument("--stun", required=True, help="the lab beacon's STUN endpoint, HOST:PORT")
@@ -536,7 +581,7 @@ def main(argv=None) -> int:
         w.add_argument("--size", type=int, required=True)
         w.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    if args.role in ("pilot-send", "pilot-recv"):
+    if args.role in ("pilot-send", "pilot-recv", "pilot-dial"):
         pilot_worker(args)
         return 0
     if args.role in ("quic-send", "quic-recv"):

@@ -65,6 +65,10 @@ INFLIGHT_BETA = 0.7
 #: caps that at about one BDP): the path got longer, so min_rtt is stale long before MIN_RTT_WINDOW
 PATH_CHANGE_RTT_FACTOR = 2.5
 PATH_CHANGE_ROUNDS = 3
+#: ... and this much above it in absolute terms: on a sub-millisecond path a Python reactor's own
+#: latency under load (and the peer's ack delay, at least 1 ms) is more than 2.5 x min_rtt, which
+#: is no path change; taking it for one ran PROBE_RTT (4 packets for 200 ms) over and over
+PATH_CHANGE_MARGIN = 0.005
 #: ACK aggregation: how many rounds the extra-acked estimate remembers, and its cap in time at btl_bw
 EXTRA_ACKED_ROUNDS = 10
 EXTRA_ACKED_MAX_TIME = 0.1
@@ -415,7 +419,7 @@ class BBR:
             self._probe_up_packets *= 2
             if self.inflight_hi > 4 * CWND_GAIN * self.bdp():
                 self.inflight_hi = math.inf
-        if self.mode == "probe_bw" and self._round_min_rtt > PATH_CHANGE_RTT_FACTOR * self.min_rtt + GRANULARITY:
+        if self.mode == "probe_bw" and self._round_min_rtt > PATH_CHANGE_RTT_FACTOR * self.min_rtt + PATH_CHANGE_MARGIN:
             self._rounds_above += 1
             if self._rounds_above >= PATH_CHANGE_ROUNDS and self.mode != "probe_rtt":
                 # Re-measure now, in PROBE_RTT, instead of crawling at the old BDP for seconds.

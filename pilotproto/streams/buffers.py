@@ -70,8 +70,9 @@ class Reassembly:
         self.offset = 0
         #: in-order chunks not yet handed to the application
         self.pending: deque = deque()
-        self._heap: list = []
-        self._heap_offsets: set[int] = set()
+        #: offsets of the chunks that wait for a gap before them, and the chunk at each
+        self._heap: list[int] = []
+        self._chunks: dict[int, bytes] = {}
 
     def add(self, offset: int, data: bytes) -> None:
         end = offset + len(data)
@@ -79,15 +80,22 @@ class Reassembly:
             return  # a duplicate
         if offset <= self.offset:
             self._in_order(data[self.offset - offset :] if offset < self.offset else data)
-            heap = self._heap
-            while heap and heap[0][0] <= self.offset:
-                off, chunk = heapq.heappop(heap)
-                self._heap_offsets.discard(off)
+            heap, chunks = self._heap, self._chunks
+            while heap and heap[0] <= self.offset:
+                off = heapq.heappop(heap)
+                chunk = chunks.pop(off)
                 if off + len(chunk) > self.offset:
                     self._in_order(chunk[self.offset - off :])
-        elif offset not in self._heap_offsets:
-            self._heap_offsets.add(offset)
-            heapq.heappush(self._heap, (offset, data))
+            return
+        waiting = self._chunks.get(offset)
+        if waiting is None:
+            self._chunks[offset] = data
+            heapq.heappush(self._heap, offset)
+        elif len(data) > len(waiting):
+            # A retransmission may split the bytes differently from the
+            # original (the room left beside an ACK frame varies): keep the
+            # longer chunk, never drop bytes the sender counts as delivered.
+            self._chunks[offset] = data
 
     def _in_order(self, chunk: bytes) -> None:
         self.offset += len(chunk)
@@ -95,5 +103,5 @@ class Reassembly:
 
     def clear(self) -> None:
         self._heap.clear()
-        self._heap_offsets.clear()
+        self._chunks.clear()
         self.pending.clear()

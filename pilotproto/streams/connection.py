@@ -22,19 +22,26 @@ from collections import Counter
 
 from twisted.logger import Logger
 
+from ..wire.codec import DecodeError
 from . import frames, receiving, sending
+from .ackfreq import AckFrequency
 from .bbr import BBR
 from .errors import CODE_REFUSED, CODE_TOO_MANY_STREAMS, ConnectionClosed, DatagramTooLarge
-from .flow import INITIAL_CONNECTION_CREDIT, INITIAL_STREAM_CREDIT, ReceiveWindow, SendCredit
+from .flow import INITIAL_CONNECTION_CREDIT, INITIAL_STREAM_CREDIT, ReceiveWindow, SendCredit, WindowTuner
+from .frames import ACK, ACK_FREQUENCY, DATAGRAM, MAX_DATA, MAX_STREAM_DATA, PING, RESET_STREAM, STOP_SENDING, STREAM
+from .incoming import PeerStreamIds
 from .packets import ReceivedPackets
 from .recovery import Pacer, Recovery
 from .scheduler import FrameScheduler
-from .stream import K_MAX_DATA, K_MAX_STREAM_DATA, K_RESET, K_STOP, K_STREAM, Stream
-from ..wire.codec import DecodeError
+from .stream import K_STREAM, Stream
 
+#: the default largest packet (type byte to the last frame); each connection has its own ``max_packet``
 MAX_PACKET = 1150
 #: an ACK frame never takes more of a packet than this (about 36 ranges)
 ACK_ROOM = 300
+#: a stream's receive window starts here and auto-tunes up to ``stream_window`` (flow.py)
+STREAM_WINDOW_START = 512 * 1024
+_PING = bytes([PING])
 
 
 class StreamConnection:
@@ -49,21 +56,30 @@ class StreamConnection:
         on_datagram=None,
         *,
         max_packet: int = MAX_PACKET,
-        stream_window: int = 4 * 1024 * 1024,
+        stream_window: int = 6 * 1024 * 1024,
         connection_window: int = 16 * 1024 * 1024,
         send_buffer: int = 4 * 1024 * 1024,
         max_ack_delay: float = 0.025,
         ack_every: int = 2,
+        ack_frequency: bool = True,
         congestion_control=BBR,
         pacing: bool = True,
         max_incoming_streams: int = 4096,
         datagram_queue: int = 256,
         random=None,
+        send_packets=None,
     ):
+        """``send_packet(bytes)`` seals and sends one packet; ``send_packets(list)``, when
+        given, is used instead for all the packets one flush makes (one burst, for the
+        socket to hand the kernel at once).  ``stream_window`` and ``connection_window``
+        are the most the receive windows auto-tune to; ``ack_frequency`` asks the peer
+        for fewer ACKs as the window grows (ackfreq.py)."""
         if max_packet < 128:
             raise ValueError("max_packet must be at least 128 bytes")
         self._clock = clock
         self._send_packet = send_packet
+        self._send_packets = send_packets
+        self._batch: list | None = None
         self.is_low_side = is_low_side
         self._local_bit = 0 if is_low_side else 1
         self.on_stream_opened = on_stream_opened
@@ -75,6 +91,7 @@ class StreamConnection:
         self.send_buffer = send_buffer
         self.max_ack_delay = max_ack_delay
         self.ack_every = ack_every
+        self.tune_acks = ack_frequency
         self._cc_factory = congestion_control
         self.pacing = pacing
         self.max_incoming_streams = max_incoming_streams
@@ -93,25 +110,38 @@ class StreamConnection:
         """Fresh state for a new connection with the peer (at creation, or after it restarted)."""
         self.peer_tag: int | None = None
         self._next_number = 0
-        self.received = ReceivedPackets(ack_every=self.ack_every)
+        self.received = ReceivedPackets(ack_every=self.ack_every, max_ack_delay=self.max_ack_delay)
         self.recovery = Recovery(self._cc_factory(self.max_packet), self.max_ack_delay)
         self.pacer = Pacer(self.max_packet)
+        self.ack_frequency = AckFrequency(self.max_packet, self.max_ack_delay, self.ack_every)
+        self._tuner = WindowTuner(self._clock, self.recovery)
         self.streams: dict[int, Stream] = {}
         self._next_local = 0
-        self._peer_floor = 0
-        self._peer_opened: set[int] = set()
-        self._incoming = 0
+        self._peer_ids = PeerStreamIds(self.stats)
         self.peer_credit = SendCredit(INITIAL_CONNECTION_CREDIT)
-        self.window = ReceiveWindow(self.connection_window, INITIAL_CONNECTION_CREDIT)
+        start = min(self.connection_window, max(INITIAL_CONNECTION_CREDIT, 3 * STREAM_WINDOW_START // 2))
+        self.window = ReceiveWindow(start, INITIAL_CONNECTION_CREDIT, self.connection_window, self._tuner)
         self._scheduler = FrameScheduler(
             self.window, self.peer_credit, self.stats, self.datagram_queue,
-            max_data_due=self.connection_window > INITIAL_CONNECTION_CREDIT,
+            max_data_due=start > INITIAL_CONNECTION_CREDIT, ack_frequency=self.ack_frequency,
         )
         self._probes = 0
 
     @property
     def cc(self):
         return self.recovery.cc
+
+    @property
+    def _peer_opened(self) -> set[int]:
+        """The peer's stream indices seen above the floor (tests bound its size)."""
+        return self._peer_ids.opened
+
+    def set_max_packet(self, size: int) -> None:
+        """From now on every packet is at most ``size`` bytes (path MTU discovery moved it)."""
+        if size < 128:
+            raise ValueError("max_packet must be at least 128 bytes")
+        self.max_packet = self.pacer.max_packet = self.recovery.cc.max_packet = self.ack_frequency.max_packet = size
+        self.max_datagram = size - frames.HEADER_SIZE - frames.DATAGRAM_OVERHEAD
 
     # -- application API -----------------------------------------------------
 
@@ -162,78 +192,81 @@ class StreamConnection:
         """The plaintext of one session message of type 0x10 from the peer."""
         if self.closed:
             return
+        if type(data) is not bytes:
+            data = bytes(data)
         try:
-            packet = frames.decode_packet(bytes(data))
+            src_tag, dst_tag, number, eliciting, parsed = frames.parse_packet(data)
         except DecodeError:
             self.stats["packets_malformed"] += 1
             return
-        if packet.dst_tag not in (0, self.local_tag):
+        if dst_tag != 0 and dst_tag != self.local_tag:
             self.stats["packets_stale"] += 1
             return
         if self.peer_tag is None:
-            self.peer_tag = packet.src_tag
-        elif packet.src_tag != self.peer_tag:
+            self.peer_tag = src_tag
+        elif src_tag != self.peer_tag:
             self.log.info("the peer restarted its stream connection; failing {n} streams", n=len(self.streams))
             self._fail_all(ConnectionClosed("the peer restarted; its streams are gone"))
             self._start()
-            self.peer_tag = packet.src_tag
+            self.peer_tag = src_tag
             self.stats["peer_restarts"] += 1
         received = self.received
-        if received.is_duplicate(packet.number):
+        if received.is_duplicate(number):
             self.stats["packets_duplicate"] += 1
             return
         now = self._clock.seconds()
-        eliciting = False
-        for frame in packet.frames:
-            if type(frame) is not frames.Ack and type(frame) is not frames.Padding:
-                eliciting = True
-                break
-        received.record(packet.number, eliciting, now)
-        self.stats["packets_received"] += 1
-        self.stats["bytes_received"] += len(data)
+        received.record(number, eliciting, now)
+        stats = self.stats
+        stats["packets_received"] += 1
+        stats["bytes_received"] += len(data)
         self._receiving = True
         try:
-            for frame in packet.frames:
-                kind = type(frame)
-                if kind is frames.StreamFrame:
+            for frame in parsed:
+                kind = frame[0]
+                if kind == STREAM:
                     self._on_stream_frame(frame)
-                elif kind is frames.Ack:
-                    self._on_ack(frame, now)
-                elif kind is frames.MaxStreamData:
+                elif kind == ACK:
+                    self._on_ack(frame[2], frame[1], now)
+                elif kind == MAX_STREAM_DATA:
                     # It may come before the STREAM frame that opens the
                     # stream (same packet or reordered): open it now.
-                    stream = self._stream_for(frame.stream_id, None)
+                    stream = self._stream_for(frame[1], None)
                     if stream is not None:
-                        stream.receive_max_stream_data(frame.limit)
-                elif kind is frames.MaxData:
-                    if self.peer_credit.raise_to(frame.limit):
+                        stream.receive_max_stream_data(frame[2])
+                elif kind == MAX_DATA:
+                    if self.peer_credit.raise_to(frame[1]):
                         self._scheduler.unblock()
-                elif kind is frames.Datagram:
-                    self.stats["datagrams_received"] += 1
+                elif kind == DATAGRAM:
+                    stats["datagrams_received"] += 1
                     if self.on_datagram is not None:
-                        self.on_datagram(frame.port, frame.data)
-                elif kind is frames.ResetStream:
-                    stream = self._stream_for(frame.stream_id, None)
+                        self.on_datagram(frame[1], frame[2])
+                elif kind == RESET_STREAM:
+                    stream = self._stream_for(frame[1], None)
                     if stream is not None:
-                        self._grew(stream, stream.receive_reset(frame.code, frame.final_size))
-                elif kind is frames.StopSending:
-                    stream = self._stream_for(frame.stream_id, None)
+                        self._grew(stream, stream.receive_reset(frame[2], frame[3]))
+                elif kind == STOP_SENDING:
+                    stream = self._stream_for(frame[1], None)
                     if stream is not None:
-                        stream.receive_stop_sending(frame.code)
+                        stream.receive_stop_sending(frame[2])
+                elif kind == ACK_FREQUENCY:
+                    received.frequency_requested(*frame[1:], self.max_ack_delay)
+                elif kind == PING:
+                    received.ack_now = True  # a probe: the sender waits for this ACK to repair a tail
                 if self.closed:
                     return
         finally:
             self._receiving = False
         if received.ack_pending and not received.ack_now and self._ack_call is None:
-            self._ack_call = self._clock.callLater(self.max_ack_delay, self._ack_timer)
+            self._ack_call = self._clock.callLater(received.max_ack_delay, self._ack_timer)
         self._flush()
 
     def _on_stream_frame(self, frame) -> None:
-        stream = self._stream_for(frame.stream_id, frame.port)
+        _, stream_id, offset, data, fin, port = frame
+        stream = self._stream_for(stream_id, port)
         if stream is None:
             self.stats["frames_for_closed_streams"] += 1
             return
-        self._grew(stream, stream.receive(frame.offset, frame.data, frame.fin))
+        self._grew(stream, stream.receive(offset, data, fin))
 
     def _grew(self, stream: Stream, grew: int) -> None:
         if grew:
@@ -251,29 +284,17 @@ class StreamConnection:
             return stream
         if stream_id & 1 == self._local_bit:
             return None  # one of ours, finished (or never opened)
-        index = stream_id >> 1
-        if index < self._peer_floor or index in self._peer_opened:
-            return None  # the peer's, finished
-        if self._incoming >= 2 * self.max_incoming_streams or index >= self._peer_floor + 2 * self.max_incoming_streams:
-            # Far past the limit (streams over it are reset in _announce, but
-            # each still costs a Stream): frames that would open more are
-            # dropped, so a peer cannot make us hold unbounded streams or ids.
-            self.stats["streams_dropped_too_many"] += 1
+        if not self._peer_ids.admit(stream_id >> 1, self.max_incoming_streams):
             return None
-        self._peer_opened.add(index)
-        while self._peer_floor in self._peer_opened:
-            self._peer_opened.discard(self._peer_floor)
-            self._peer_floor += 1
         stream = self._add_stream(stream_id, port, local=False)
-        self._incoming += 1
         if port is not None:
             self._announce(stream)
         return stream
 
     def _add_stream(self, stream_id: int, port, local: bool) -> Stream:
         stream = Stream(
-            self, stream_id, port, local, INITIAL_STREAM_CREDIT, self.stream_window, INITIAL_STREAM_CREDIT,
-            self.send_buffer,
+            self, stream_id, port, local, INITIAL_STREAM_CREDIT, min(self.stream_window, STREAM_WINDOW_START),
+            INITIAL_STREAM_CREDIT, self.send_buffer, self.stream_window, self._tuner,
         )
         self.streams[stream_id] = stream
         if stream.max_data_due:
@@ -286,7 +307,7 @@ class StreamConnection:
             # The peer reset it (or broke it) before the frame with its port
             # arrived: nobody has seen it, so there is nobody to offer it to.
             return
-        if self._incoming > self.max_incoming_streams:
+        if self._peer_ids.live > self.max_incoming_streams:
             self.stats["streams_refused_too_many"] += 1
             stream.reset(CODE_TOO_MANY_STREAMS)
             return
@@ -304,44 +325,28 @@ class StreamConnection:
 
     # -- acknowledgements and loss -------------------------------------------
 
-    def _on_ack(self, ack, now: float) -> None:
-        if ack.largest >= self._next_number:
+    def _on_ack(self, ranges: tuple, delay_us: int, now: float) -> None:
+        if ranges[0][1] >= self._next_number:
             self.stats["acks_invalid"] += 1
             return
-        cc = self.recovery.cc
+        recovery = self.recovery
+        cc = recovery.cc
         limited = cc.bytes_in_flight < cc.cwnd / 2
-        acked, lost = self.recovery.on_ack(ack.ranges, ack.delay_us / 1e6, now, limited)
-        for packet in acked:
-            for item in packet.items:
-                kind = item[0]
-                if kind == K_STREAM:
-                    item[1].on_frame_acked(item[2], item[3], item[4])
-                elif kind == K_RESET:
-                    item[1].on_reset_acked()
+        acked, lost = recovery.on_ack(ranges, delay_us / 1e6, now, limited)
+        delay = self._scheduler.acked(acked)
+        if delay is not None:
+            recovery.max_ack_delay = delay  # the peer acknowledges this soon from now on
         if lost:
             self._lost(lost)
         if acked:
             self.stats["cwnd"] = int(cc.cwnd)
-            self.stats["srtt_us"] = int(self.recovery.smoothed_rtt * 1e6)
+            self.stats["srtt_us"] = int(recovery.smoothed_rtt * 1e6)
+            if self.tune_acks and self.ack_frequency.on_ack(now, cc.cwnd, recovery.smoothed_rtt):
+                # A longer delay counts from now (the probe timeout must allow for it); a shorter one once acked.
+                recovery.max_ack_delay = max(recovery.max_ack_delay, self.ack_frequency.due[1])
 
     def _lost(self, lost: list) -> None:
-        stats = self.stats
-        stats["packets_lost"] += len(lost)
-        for packet in lost:
-            stats["bytes_lost"] += packet.size
-            for item in packet.items:
-                kind = item[0]
-                if kind == K_STREAM:
-                    stats["stream_bytes_retransmitted"] += item[3]
-                    item[1].on_frame_lost(item[2], item[3], item[4])
-                elif kind == K_MAX_DATA:
-                    self._scheduler.max_data_due = True
-                elif kind == K_MAX_STREAM_DATA:
-                    item[1].on_credit_lost()
-                elif kind == K_RESET:
-                    item[1].on_reset_lost()
-                elif kind == K_STOP:
-                    item[1].on_stop_lost()
+        self._scheduler.lost(lost)
 
     def _ack_timer(self) -> None:
         self._ack_call = None
@@ -390,7 +395,7 @@ class StreamConnection:
 
     def stream_finished(self, stream: Stream) -> None:
         if self.streams.pop(stream.id, None) is not None and not stream.local:
-            self._incoming -= 1
+            self._peer_ids.live -= 1
         self._scheduler.forget(stream)
 
     # -- packets out ---------------------------------------------------------------
@@ -412,16 +417,27 @@ class StreamConnection:
         cc = self.recovery.cc
         pacer = self.pacer
         if self.pacing:
-            pacer.refill(now, cc.pacing_rate(self.recovery.smoothed_rtt))
+            srtt = self.recovery.smoothed_rtt
+            pacer.refill(now, cc.pacing_rate(srtt), cc.cwnd, srtt)
         size = self.max_packet
         paced_out = False
+        if self._send_packets is not None:
+            self._batch = []
+        received = self.received
         while True:
-            allowed = bool(self._probes) or cc.can_send(size)
-            if allowed and self.pacing and not self._probes and not pacer.ready(size):
-                allowed = False
-                paced_out = True
-            if not self._build(now, allowed and self._has_work()):
+            eliciting = self._has_work()
+            if eliciting and not self._probes:
+                if not cc.can_send(size):
+                    eliciting = False
+                elif self.pacing and not pacer.ready(size):
+                    eliciting = False
+                    paced_out = True
+            # Most packets received make nothing to send: no call to _build then.
+            if not (eliciting or (received.ack_pending and received.ack_now)) or not self._build(now, eliciting):
                 break
+        batch, self._batch = self._batch, None
+        if batch:
+            self._send_packets(batch)  # one burst: the socket may hand it to the kernel in one call
         if self._has_work():
             if paced_out and self._pace_call is None:
                 self._pace_call = self._clock.callLater(pacer.wait(size), self._pace_timer)
@@ -452,10 +468,11 @@ class StreamConnection:
                 room -= len(ack)
         sent_eliciting = False
         if eliciting:
-            sent_eliciting = self._scheduler.fill(parts, items, room)
-            if not sent_eliciting and self._probes:
-                parts.append(bytes([frames.PING]))
+            if self._probes:
+                parts.append(_PING)  # the peer acknowledges a probe at once
+                room -= 1
                 sent_eliciting = True
+            sent_eliciting = self._scheduler.fill(parts, items, room) or sent_eliciting
         if len(parts) == 1:
             return False
         number = self._next_number
@@ -475,7 +492,10 @@ class StreamConnection:
         stats = self.stats
         stats["packets_sent"] += 1
         stats["bytes_sent"] += size
-        self._send_packet(packet)
+        if self._batch is not None:
+            self._batch.append(packet)
+        else:
+            self._send_packet(packet)
         return True
 
 

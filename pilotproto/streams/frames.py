@@ -35,6 +35,7 @@ MAX_DATA = 0x05
 MAX_STREAM_DATA = 0x06
 DATAGRAM = 0x07
 STREAM = 0x08  # 0x08-0x0B; the low bits are the flags below
+ACK_FREQUENCY = 0x0C
 STREAM_FIN = 0x01
 STREAM_PORT = 0x02
 
@@ -47,6 +48,7 @@ _MAX_STREAM_DATA = struct.Struct("!BIQ")
 _DATAGRAM = struct.Struct("!BHH")
 _STREAM = struct.Struct("!BIQH")  # type, stream id, offset, length
 _STREAM_PORT = struct.Struct("!BIHQH")  # type, stream id, port, offset, length
+_ACK_FREQUENCY = struct.Struct("!BIHIB")  # type, sequence, threshold, max ack delay (µs), reordering threshold
 
 ACK_HEAD_SIZE = _ACK_HEAD.size
 ACK_RANGE_SIZE = _ACK_RANGE.size
@@ -110,6 +112,21 @@ class MaxStreamData:
 class Datagram:
     port: int
     data: bytes
+
+
+@attrs.frozen
+class AckFrequency:
+    """draft-ietf-quic-ack-frequency: how often the receiver of this frame should acknowledge.
+
+    Acknowledge at once when more than ``threshold`` ack-eliciting packets
+    are unacknowledged, else within ``max_ack_delay_us``; ``reordering`` 0
+    asks for no immediate ACK on a gap, any other value for one.  Only the
+    highest ``sequence`` seen counts (frames may arrive out of order)."""
+
+    sequence: int
+    threshold: int
+    max_ack_delay_us: int
+    reordering: int = 1
 
 
 @attrs.frozen
@@ -190,6 +207,9 @@ def encode_frame(frame) -> bytes:
         return _MAX_STREAM_DATA.pack(MAX_STREAM_DATA, frame.stream_id, frame.limit)
     if kind is Datagram:
         return _DATAGRAM.pack(DATAGRAM, frame.port, len(frame.data)) + frame.data
+    if kind is AckFrequency:
+        return _ACK_FREQUENCY.pack(ACK_FREQUENCY, frame.sequence, frame.threshold, frame.max_ack_delay_us,
+                                   frame.reordering)  # fmt: skip
     raise TypeError(f"not a stream frame: {frame!r}")
 
 
@@ -202,8 +222,28 @@ def encode_packet(packet: Packet) -> bytes:
 # -- decoding ---------------------------------------------------------------
 
 
+#: the frame classes by type, to turn the parser's tuples into frame objects
+_CLASSES = {
+    STREAM: StreamFrame, ACK: Ack, MAX_STREAM_DATA: MaxStreamData, MAX_DATA: MaxData, DATAGRAM: Datagram,
+    RESET_STREAM: ResetStream, STOP_SENDING: StopSending, PING: Ping, PADDING: Padding, ACK_FREQUENCY: AckFrequency,
+}  # fmt: skip
+
+
 def decode_packet(data: bytes) -> Packet:
     """Decode a whole packet; any defect raises :class:`DecodeError` and nothing is half-applied."""
+    src, dst, number, _, parsed = parse_packet(data)
+    return Packet(src, dst, number, tuple(_CLASSES[f[0]](*f[1:]) for f in parsed))
+
+
+def parse_packet(data: bytes):
+    """Decode a whole packet into plain tuples, for the per-packet path.
+
+    Returns ``(src_tag, dst_tag, number, ack_eliciting, frames)``; each frame
+    is a tuple whose first item is its type (``STREAM`` for all four STREAM
+    types) and whose other items are its frame class's fields, in order.
+    No attrs object is made per frame: this runs for every packet received.
+    Any defect raises :class:`DecodeError`.
+    """
     size = len(data)
     if size < HEADER_SIZE:
         raise DecodeError(f"stream packet of {size} bytes is shorter than its header")
@@ -214,6 +254,7 @@ def decode_packet(data: bytes) -> Packet:
         raise DecodeError("packet number beyond 2**62")
     frames = []
     append = frames.append
+    eliciting = False
     pos = HEADER_SIZE
     try:
         while pos < size:
@@ -221,17 +262,18 @@ def decode_packet(data: bytes) -> Packet:
             if ftype & 0xFC == STREAM:
                 if ftype & STREAM_PORT:
                     _, sid, port, offset, length = _STREAM_PORT.unpack_from(data, pos)
-                    pos += _STREAM_PORT.size
+                    pos += 17
                 else:
                     _, sid, offset, length = _STREAM.unpack_from(data, pos)
                     port = None
-                    pos += _STREAM.size
+                    pos += 15
                 end = pos + length
                 if end > size:
                     raise DecodeError("stream frame runs past the packet")
                 if offset + length > MAX_U64:
                     raise DecodeError("stream frame beyond 2**64")
-                append(StreamFrame(sid, offset, bytes(data[pos:end]), bool(ftype & STREAM_FIN), port))
+                append((STREAM, sid, offset, data[pos:end], bool(ftype & STREAM_FIN), port))
+                eliciting = True
                 pos = end
             elif ftype == ACK:
                 _, largest, delay, count, first = _ACK_HEAD.unpack_from(data, pos)
@@ -248,41 +290,47 @@ def decode_packet(data: bytes) -> Packet:
                     if smallest < 0:
                         raise DecodeError("ack range below packet number 0")
                     ranges.append((smallest, hi))
-                append(Ack(delay, tuple(ranges)))
+                append((ACK, delay, tuple(ranges)))
             elif ftype == MAX_STREAM_DATA:
-                _, sid, limit = _MAX_STREAM_DATA.unpack_from(data, pos)
+                append((MAX_STREAM_DATA, *_MAX_STREAM_DATA.unpack_from(data, pos)[1:]))
                 pos += _MAX_STREAM_DATA.size
-                append(MaxStreamData(sid, limit))
+                eliciting = True
             elif ftype == MAX_DATA:
-                _, limit = _MAX_DATA.unpack_from(data, pos)
+                append((MAX_DATA, _MAX_DATA.unpack_from(data, pos)[1]))
                 pos += _MAX_DATA.size
-                append(MaxData(limit))
+                eliciting = True
             elif ftype == DATAGRAM:
                 _, port, length = _DATAGRAM.unpack_from(data, pos)
                 pos += _DATAGRAM.size
                 end = pos + length
                 if end > size:
                     raise DecodeError("datagram frame runs past the packet")
-                append(Datagram(port, bytes(data[pos:end])))
+                append((DATAGRAM, port, data[pos:end]))
+                eliciting = True
                 pos = end
             elif ftype == RESET_STREAM:
-                _, sid, code, final = _RESET.unpack_from(data, pos)
+                append((RESET_STREAM, *_RESET.unpack_from(data, pos)[1:]))
                 pos += _RESET.size
-                append(ResetStream(sid, code, final))
+                eliciting = True
             elif ftype == STOP_SENDING:
-                _, sid, code = _STOP.unpack_from(data, pos)
+                append((STOP_SENDING, *_STOP.unpack_from(data, pos)[1:]))
                 pos += _STOP.size
-                append(StopSending(sid, code))
+                eliciting = True
+            elif ftype == ACK_FREQUENCY:
+                append((ACK_FREQUENCY, *_ACK_FREQUENCY.unpack_from(data, pos)[1:]))
+                pos += _ACK_FREQUENCY.size
+                eliciting = True
             elif ftype == PING:
                 pos += 1
-                append(Ping())
+                append((PING,))
+                eliciting = True
             elif ftype == PADDING:
                 if data.count(0, pos) != size - pos:
                     raise DecodeError("padding holds non-zero bytes")
-                append(Padding(size - pos))
+                append((PADDING, size - pos))
                 pos = size
             else:
                 raise DecodeError(f"unknown stream frame type {ftype:#x}")
     except struct.error:
         raise DecodeError("truncated stream frame") from None
-    return Packet(src, dst, number, tuple(frames))
+    return src, dst, number, eliciting, frames

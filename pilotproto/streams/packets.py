@@ -8,6 +8,14 @@ the last range in O(1); reordering inserts with :mod:`bisect`.  Only the
 newest :attr:`max_ranges` ranges are kept and reported: anything older is
 treated as already seen, which is safe because the sender never reuses a
 packet number and retransmits data in new packets.
+
+How often to acknowledge follows draft-ietf-quic-ack-frequency: at first
+after every ``ack_every`` ack-eliciting packets, or within
+``max_ack_delay``; then as the peer asks in its ACK_FREQUENCY frames (it
+knows its congestion window and RTT, so it can ask for fewer ACKs, each
+costing a packet both ways, without starving its clock).  A gap or a
+packet out of order is always acknowledged at once (unless the peer asked
+for no immediate ACK on reordering), and so is a PING (probes carry one).
 """
 
 from __future__ import annotations
@@ -18,9 +26,15 @@ from . import frames
 
 
 class ReceivedPackets:
-    def __init__(self, max_ranges: int = 32, ack_every: int = 2):
+    def __init__(self, max_ranges: int = 32, ack_every: int = 2, max_ack_delay: float = 0.025):
         self.max_ranges = max_ranges
+        #: acknowledge at once when this many ack-eliciting packets wait (the peer may change it)
         self.ack_every = ack_every
+        #: acknowledge at the latest this long after the first unacknowledged packet (the peer may change it)
+        self.max_ack_delay = max_ack_delay
+        #: acknowledge at once on a gap or reordering
+        self.ack_on_reorder = True
+        self._frequency_sequence = -1
         self._lo: list[int] = []  # range starts, ascending
         self._hi: list[int] = []  # range ends, same index
         self.floor = 0  # numbers below this count as already received
@@ -56,8 +70,25 @@ class ReceivedPackets:
             self.ack_pending = True
             self.unacked_eliciting += 1
             # Reordering or a gap: tell the sender at once so it can detect loss early.
-            if not in_order or self.unacked_eliciting >= self.ack_every:
+            if (not in_order and self.ack_on_reorder) or self.unacked_eliciting >= self.ack_every:
                 self.ack_now = True
+
+    def frequency_requested(self, sequence: int, threshold: int, max_ack_delay_us: int, reordering: int,
+                            local_max_delay: float) -> bool:
+        """Apply an ACK_FREQUENCY frame (unless an older one); True when it changed something.
+
+        ``threshold`` ack-eliciting packets may wait, the next one is
+        acknowledged at once.  The requested delay is honoured up to
+        ``local_max_delay``, the most this side ever waits."""
+        if sequence <= self._frequency_sequence:
+            return False
+        self._frequency_sequence = sequence
+        self.ack_every = threshold + 1
+        self.max_ack_delay = min(max(max_ack_delay_us / 1e6, 0.0005), local_max_delay)
+        self.ack_on_reorder = reordering != 0
+        if self.unacked_eliciting >= self.ack_every:
+            self.ack_now = True
+        return True
 
     def _insert(self, number: int) -> None:
         lo, hi = self._lo, self._hi

@@ -7,6 +7,15 @@ threshold (9/8 of the RTT), and computes the probe timeout.  It knows
 nothing about frames: each :class:`SentPacket` carries an opaque ``items``
 list that the connection interprets when the packet is acked or lost.
 
+Reordering is not loss (RACK, RFC 8985 §6.2, and what quinn and Linux do):
+a packet declared lost and then acknowledged after all was only late.  Each
+such spurious loss raises the packet threshold to the reordering distance
+seen (up to :data:`MAX_PACKET_THRESHOLD`) and the time threshold by an
+eighth of the RTT (up to 2 RTTs), so a path that reorders stops costing
+retransmissions and congestion responses; after
+:data:`REORDER_DECAY_ROUNDS` RTTs (at least :data:`REORDER_DECAY_MIN` s)
+without one, both fall back to RFC 9002's 3 packets and 9/8.
+
 The congestion controller is pluggable: :class:`NewReno` here, a BBR-style
 model in :mod:`pilotproto.streams.bbr`; :class:`Pacer` spreads sending at the
 controller's ``pacing_rate``.  A controller provides ``cwnd``,
@@ -25,6 +34,12 @@ TIME_THRESHOLD = 9 / 8
 GRANULARITY = 0.001
 INITIAL_RTT = 0.333
 PERSISTENT_CONGESTION_THRESHOLD = 3
+MAX_PACKET_THRESHOLD = 256
+MAX_TIME_THRESHOLD = 2.0
+#: lost packets remembered, to notice a late ACK of one (bounded; the oldest go first)
+RECENT_LOST = 256
+REORDER_DECAY_ROUNDS = 16
+REORDER_DECAY_MIN = 2.0
 
 IN_FLIGHT, ACKED, LOST = 0, 1, 2
 
@@ -32,7 +47,7 @@ IN_FLIGHT, ACKED, LOST = 0, 1, 2
 class SentPacket:
     __slots__ = (
         "number", "time_sent", "size", "items", "state", "seq",
-        "delivered", "delivered_time", "first_sent_time", "app_limited",
+        "delivered", "delivered_time", "first_sent_time", "app_limited", "seq_gap",
     )  # fmt: skip
 
     def __init__(self, number: int, time_sent: float, size: int, items: list, seq: int):
@@ -49,6 +64,8 @@ class SentPacket:
         self.delivered_time = time_sent
         self.first_sent_time = time_sent
         self.app_limited = False
+        #: when declared lost: how many packet numbers past it were acknowledged
+        self.seq_gap = 0
 
 
 class NewReno:
@@ -113,10 +130,22 @@ class NewReno:
 
 
 class Pacer:
-    """A token bucket refilled at ``rate`` bytes/s; bursts up to ``capacity`` bytes."""
+    """A token bucket refilled at ``rate`` bytes/s; bursts up to ``capacity`` bytes.
 
-    def __init__(self, max_packet: int, burst_packets: int = 10, granularity: float = 0.002):
+    The bucket holds what may go in one ``granularity`` (2 ms; a Python
+    reactor's timers fire no finer, and often later): at least
+    ``rate x granularity``, and, as quinn sizes its bursts, the share of the
+    window that one granularity is of the RTT, ``cwnd x granularity / srtt``;
+    between 10 and 64 packets (more could overflow a small receive buffer).
+    On a path whose RTT is below the timer granularity that is most of the
+    window: pacing finer than the reactor can wake only starves the window
+    and costs a wake-up per few packets."""
+
+    def __init__(self, max_packet: int, burst_packets: int = 10, granularity: float = 0.002, gso_burst: int = 8,
+                 max_burst_packets: int = 64):
         self.max_packet = max_packet
+        self.max_burst_packets = max_burst_packets
+        self.gso_burst = gso_burst
         self.burst_packets = burst_packets
         self.granularity = granularity
         self.capacity = burst_packets * max_packet
@@ -124,10 +153,15 @@ class Pacer:
         self.rate = 0.0
         self.last: float | None = None
 
-    def refill(self, now: float, rate: float) -> None:
+    def refill(self, now: float, rate: float, cwnd: float = 0.0, smoothed_rtt: float = 1.0) -> None:
         # Timers fire no finer than ``granularity``: let a bucket hold that much.
         self.rate = rate
-        self.capacity = max(self.burst_packets * self.max_packet, rate * self.granularity)
+        granularity = self.granularity
+        share = cwnd * granularity / max(smoothed_rtt, 1e-6)
+        self.capacity = max(
+            self.burst_packets * self.max_packet,
+            min(max(rate * granularity, share), self.max_burst_packets * self.max_packet),
+        )
         if self.last is not None:
             self.tokens = min(self.capacity, self.tokens + (now - self.last) * rate)
         self.last = now
@@ -139,9 +173,15 @@ class Pacer:
         self.tokens -= size
 
     def wait(self, size: int) -> float:
+        """How long until a burst may go: enough tokens for ``gso_burst`` packets (or ``size``, if more).
+
+        Waiting for a burst rather than one packet wakes the reactor less
+        often, and hands the socket equal-size packets it can send with one
+        segmentation-offload call."""
         if self.rate <= 0:
             return self.granularity
-        return max((size - self.tokens) / self.rate, 0.0005)
+        want = max(size, min(self.capacity, self.gso_burst * self.max_packet))
+        return max((want - self.tokens) / self.rate, 0.0005)
 
 
 class Recovery:
@@ -160,6 +200,12 @@ class Recovery:
         self.min_rtt = float("inf")
         self.first_rtt_sample: float | None = None
         self._seq = 0
+        #: RACK-style adaptive thresholds (raised by spurious losses)
+        self.packet_threshold = PACKET_THRESHOLD
+        self.time_threshold = TIME_THRESHOLD
+        self.spurious_losses = 0
+        self._recent_lost: deque[SentPacket] = deque()
+        self._reordering_at: float | None = None
 
     # -- sending -------------------------------------------------------------
 
@@ -193,8 +239,9 @@ class Recovery:
             if lo <= number <= hi and packet.state == IN_FLIGHT:
                 packet.state = ACKED
                 acked.append(packet)
+        late = self._late(ascending, now) if self._recent_lost else ()
         if not acked:
-            return acked, []
+            return list(late), []
         self.eliciting_in_flight -= len(acked)
         newest = acked[-1]
         if newest.number == largest:
@@ -206,7 +253,36 @@ class Recovery:
         cc.on_ack_finished(now)
         self._trim()
         self.pto_count = 0
+        if late:
+            acked.extend(late)  # their frames are acknowledged; the controller already counted them as lost
         return acked, lost
+
+    def _late(self, ascending: list, now: float) -> list:
+        """Packets declared lost that this ACK acknowledges: reordered, not lost.  Raises the thresholds."""
+        late = []
+        keep = deque()
+        recent = self._recent_lost
+        # A packet only late arrives within a few RTTs of being sent: forget older ones.
+        horizon = now - 4 * max(self.smoothed_rtt, self.latest_rtt) - 4 * GRANULARITY
+        while recent and recent[0].time_sent < horizon:
+            recent.popleft()
+        for packet in recent:
+            number = packet.number
+            for lo, hi in ascending:
+                if lo <= number <= hi:
+                    late.append(packet)
+                    break
+            else:
+                keep.append(packet)
+        if late:
+            self._recent_lost = keep
+            self.spurious_losses += len(late)
+            self._reordering_at = now
+            for packet in late:
+                # How far behind it arrived: the largest acknowledged when it was declared lost.
+                self.packet_threshold = min(MAX_PACKET_THRESHOLD, max(self.packet_threshold, packet.seq_gap + 1))
+            self.time_threshold = min(MAX_TIME_THRESHOLD, self.time_threshold + 1 / 8)
+        return late
 
     def _update_rtt(self, latest: float, ack_delay: float, now: float) -> None:
         self.latest_rtt = latest
@@ -224,8 +300,14 @@ class Recovery:
 
     def _detect_lost(self, now: float) -> list:
         self.loss_time = None
-        delay = max(TIME_THRESHOLD * max(self.latest_rtt, self.smoothed_rtt), GRANULARITY)
+        if self._reordering_at is not None and now - self._reordering_at > max(
+            REORDER_DECAY_MIN, REORDER_DECAY_ROUNDS * self.smoothed_rtt
+        ):
+            self._reordering_at = None
+            self.packet_threshold, self.time_threshold = PACKET_THRESHOLD, TIME_THRESHOLD
+        delay = max(self.time_threshold * max(self.latest_rtt, self.smoothed_rtt), GRANULARITY)
         largest = self.largest_acked
+        threshold = self.packet_threshold
         lost = []
         for packet in self.sent:
             if packet.number > largest:
@@ -234,8 +316,9 @@ class Recovery:
                 continue
             # The same sum decides "lost" and sets the timer, so a timer never fires early by rounding.
             deadline = packet.time_sent + delay
-            if deadline <= now or largest >= packet.number + PACKET_THRESHOLD:
+            if deadline <= now or largest >= packet.number + threshold:
                 packet.state = LOST
+                packet.seq_gap = largest - packet.number
                 lost.append(packet)
             else:
                 if self.loss_time is None or deadline < self.loss_time:
@@ -243,6 +326,10 @@ class Recovery:
         if lost:
             self.eliciting_in_flight -= len(lost)
             self.cc.on_lost(lost, now, self._persistent(lost))
+            recent = self._recent_lost
+            recent.extend(lost)
+            while len(recent) > RECENT_LOST:
+                recent.popleft()
         return lost
 
     def _persistent(self, lost: list) -> bool:
@@ -307,6 +394,7 @@ class Recovery:
         for packet in pending:
             self.cc.discard(packet)
         self.sent.clear()
+        self._recent_lost.clear()
         self.eliciting_in_flight = 0
         self.loss_time = None
         return pending

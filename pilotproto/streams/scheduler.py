@@ -3,12 +3,15 @@ What the next packet carries, and in what order.
 
 The connection decides *when* a packet may leave (congestion window, pacer,
 probes, acknowledgements owed) and numbers it; this decides *what* goes in:
-first the connection's MAX_DATA, then each stream's owed control frames
+first the connection's MAX_DATA and ACK_FREQUENCY, then each stream's owed control frames
 (RESET_STREAM, STOP_SENDING, MAX_STREAM_DATA), then waiting datagrams, then
 stream data, one frame per stream in turn (round robin), so one busy stream
 cannot starve the others.  Control frames come first because they are small
 and unblock the peer.  A stream with data but no connection credit waits
 aside until a MAX_DATA arrives.
+
+Each sent packet keeps the items its frames carried; when the packet is
+acknowledged or lost, :meth:`acked` and :meth:`lost` tell their owners.
 """
 
 from __future__ import annotations
@@ -16,15 +19,24 @@ from __future__ import annotations
 from collections import Counter, deque
 
 from . import frames, receiving
+from .ackfreq import AckFrequency
 from .flow import ReceiveWindow, SendCredit
-from .stream import K_MAX_DATA, K_MAX_STREAM_DATA, K_RESET, K_STOP, Stream
+from .stream import (
+    K_ACK_FREQUENCY,
+    K_MAX_DATA,
+    K_MAX_STREAM_DATA,
+    K_RESET,
+    K_STOP,
+    K_STREAM,
+    Stream,
+)
 
 _CONTROL_ROOM = 32  # the largest control frame, with margin
 
 
 class FrameScheduler:
     def __init__(self, window: ReceiveWindow, peer_credit: SendCredit, stats: Counter, datagram_queue: int,
-                 max_data_due: bool):
+                 max_data_due: bool, ack_frequency: AckFrequency):
         #: the connection's receive window, advertised in MAX_DATA
         self._window = window
         #: the connection credit the peer granted us
@@ -33,6 +45,8 @@ class FrameScheduler:
         self._datagram_queue = datagram_queue
         #: a MAX_DATA is owed
         self.max_data_due = max_data_due
+        #: what we ask of the peer's acknowledgements (its ``due`` request goes in the next packet)
+        self._ack_frequency = ack_frequency
         # Dicts as ordered sets: insertion order is the round robin.
         self._ready: dict[Stream, None] = {}
         self._control: dict[Stream, None] = {}
@@ -40,7 +54,10 @@ class FrameScheduler:
         self._datagrams: deque = deque()
 
     def has_work(self) -> bool:
-        return bool(self._ready or self._control or self._datagrams or self.max_data_due)
+        return bool(
+            self._ready or self._control or self._datagrams or self.max_data_due
+            or self._ack_frequency.due is not None
+        )  # fmt: skip
 
     def stream_ready(self, stream: Stream) -> None:
         """``stream`` may have STREAM frames to send."""
@@ -80,6 +97,11 @@ class FrameScheduler:
             parts.append(frames.encode_frame(frames.MaxData(self._window.advertise())))
             items.append((K_MAX_DATA,))
             room -= 9
+        if self._ack_frequency.due is not None and room >= _CONTROL_ROOM:
+            frame, request = self._ack_frequency.frame()
+            parts.append(frame)
+            items.append((K_ACK_FREQUENCY, request))
+            room -= len(frame)
         control = self._control
         while control and room >= _CONTROL_ROOM:
             stream = next(iter(control))
@@ -98,6 +120,7 @@ class FrameScheduler:
             if stream.max_data_due and stream.receiving in receiving.READING:
                 stream.max_data_due = False
                 parts.append(frames.encode_frame(frames.MaxStreamData(stream.id, stream.window.advertise())))
+                self._window.ensure_at_least(stream.window.window * 3 // 2)  # no stream held back by the connection
                 items.append((K_MAX_STREAM_DATA, stream))
                 room -= 13
         datagram_sent = False
@@ -127,3 +150,41 @@ class FrameScheduler:
             if stream.has_frames():
                 ready[stream] = None  # round robin
         return len(items) > carried or datagram_sent
+
+    # -- what sent packets carried --------------------------------------------------
+
+    def acked(self, packets: list) -> float | None:
+        """``packets`` were acknowledged; returns the ack delay the peer now keeps, if that changed."""
+        delay = None
+        for packet in packets:
+            for item in packet.items:
+                kind = item[0]
+                if kind == K_STREAM:
+                    item[1].on_frame_acked(item[2], item[3], item[4])
+                elif kind == K_RESET:
+                    item[1].on_reset_acked()
+                elif kind == K_ACK_FREQUENCY:
+                    delay = self._ack_frequency.acked(item[1]) or delay
+        return delay
+
+    def lost(self, packets: list) -> None:
+        """``packets`` were declared lost: what they carried is owed again (datagrams excepted)."""
+        stats = self._stats
+        stats["packets_lost"] += len(packets)
+        for packet in packets:
+            stats["bytes_lost"] += packet.size
+            for item in packet.items:
+                kind = item[0]
+                if kind == K_STREAM:
+                    stats["stream_bytes_retransmitted"] += item[3]
+                    item[1].on_frame_lost(item[2], item[3], item[4])
+                elif kind == K_MAX_DATA:
+                    self.max_data_due = True
+                elif kind == K_MAX_STREAM_DATA:
+                    item[1].on_credit_lost()
+                elif kind == K_RESET:
+                    item[1].on_reset_lost()
+                elif kind == K_STOP:
+                    item[1].on_stop_lost()
+                elif kind == K_ACK_FREQUENCY:
+                    self._ack_frequency.lost(item[1])

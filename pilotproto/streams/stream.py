@@ -32,7 +32,7 @@ from .receiving import RecvEvent, RecvOutput, RecvState
 from .sending import SendEvent, SendOutput, SendState
 
 #: what a sent packet carried, for the connection to act on when it is acked or lost
-K_STREAM, K_MAX_DATA, K_MAX_STREAM_DATA, K_RESET, K_STOP = range(5)
+K_STREAM, K_MAX_DATA, K_MAX_STREAM_DATA, K_RESET, K_STOP, K_ACK_FREQUENCY = range(6)
 
 
 class IStreamHandler(Interface):
@@ -67,7 +67,7 @@ class Stream:
     """One stream of a :class:`StreamConnection`: made by ``open_stream`` or by the peer's first frame."""
 
     def __init__(self, connection, stream_id: int, port: int, local: bool, send_credit: int, window: int,
-                 initial_window: int, send_buffer_limit: int):
+                 initial_window: int, send_buffer_limit: int, max_window=None, tuner=None):
         self._conn = connection
         self.id = stream_id
         self.port = port
@@ -96,7 +96,7 @@ class Stream:
         self.reset_code = CODE_CANCELLED
         self.reset_due = False
         # receive side
-        self.window = ReceiveWindow(window, initial_window)
+        self.window = ReceiveWindow(window, initial_window, max_window, tuner)
         self._reassembly = Reassembly()
         self.final_size: int | None = None
         self.reading_paused = False

@@ -15,15 +15,20 @@ to seal or open anything after ``reject_after_time`` seconds or
 
 from __future__ import annotations
 
+import struct
+
 import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..common.replay import DEFAULT_WINDOW, ReplayWindow
 from ..wire import DecodeError
 from ..wire.tunnel import TunnelData
 from .errors import KeyExpired, ReplayError, TunnelAuthError
-from .noise import aesgcm_nonce
-from ..common.replay import DEFAULT_WINDOW, ReplayWindow
+
+#: Noise's AES-GCM nonce (32 zero bits, then the counter) and the data header, each one struct call per packet
+_NONCE = struct.Struct("!4xQ")
+_HEADER = TunnelData.header
 
 REKEY_AFTER_TIME = 120.0
 REJECT_AFTER_TIME = 180.0
@@ -70,8 +75,12 @@ class Session:
         self._clock = clock
         self.limits = limits
         self.created_at = clock.seconds()
+        # One AEAD context per key for the session's life (never one per packet),
+        # and its bound methods looked up once.
         self._sealer = AESGCM(keys.send_key)
         self._opener = AESGCM(keys.receive_key)
+        self._encrypt = self._sealer.encrypt
+        self._decrypt = self._opener.decrypt
         self._send_counter = 0
         self._window = ReplayWindow(limits.replay_window)
         self.packets_received = 0
@@ -104,14 +113,14 @@ class Session:
 
     def seal(self, plaintext: bytes) -> bytes:
         """The whole data packet carrying ``plaintext``; raises KeyExpired past the limits."""
-        if self.expired():
+        if self._clock.seconds() - self.created_at >= self.limits.reject_after_time:
             raise KeyExpired(f"session {self.local_index:#010x} is older than {self.limits.reject_after_time:g} s")
         counter = self._send_counter
         if counter >= self.limits.reject_after_messages:
             raise KeyExpired(f"session {self.local_index:#010x} has sealed its last packet")
         self._send_counter = counter + 1
-        header = TunnelData.header(self.remote_index, counter)
-        return header + self._sealer.encrypt(aesgcm_nonce(counter), plaintext, header)
+        header = _HEADER(self.remote_index, counter)
+        return header + self._encrypt(_NONCE.pack(counter), plaintext, header)
 
     def open(self, packet: bytes | TunnelData) -> bytes:
         """The plaintext of a data packet addressed to this session."""
@@ -129,9 +138,9 @@ class Session:
             raise ReplayError(f"counter {counter} is past this session's limit")
         if not self._window.check(counter):
             raise ReplayError(f"counter {counter} was already received or is too old")
-        header = TunnelData.header(packet.receiver_index, counter)
+        header = _HEADER(packet.receiver_index, counter)
         try:
-            plaintext = self._opener.decrypt(aesgcm_nonce(counter), packet.ciphertext, header)
+            plaintext = self._decrypt(_NONCE.pack(counter), packet.ciphertext, header)
         except InvalidTag:
             raise TunnelAuthError(f"data packet {counter} failed authentication") from None
         self._window.accept(counter)

@@ -31,6 +31,8 @@ of either node appears in clear.
 
 from __future__ import annotations
 
+import struct
+
 import attrs
 
 from . import (
@@ -246,7 +248,8 @@ class TunnelData:
 
     @staticmethod
     def header(receiver_index: int, counter: int) -> bytes:
-        return Writer().u8(KIND_TUNNEL_DATA).u8(PROTOCOL_VERSION).u32(receiver_index).u64(counter).bytes()
+        # One struct call: this runs for every packet sent and received.
+        return _DATA_HEADER.pack(KIND_TUNNEL_DATA, PROTOCOL_VERSION, receiver_index, counter)
 
     def encode(self) -> bytes:
         return self.header(self.receiver_index, self.counter) + self.ciphertext
@@ -255,9 +258,22 @@ class TunnelData:
     def decode(cls, data: bytes) -> "TunnelData":
         if len(data) < DATA_HEADER_LEN + TAG_LEN:
             raise DecodeError(f"a tunnel data packet needs at least {DATA_HEADER_LEN + TAG_LEN} bytes, got {len(data)}")
-        r = Reader(data)
-        _header(r, KIND_TUNNEL_DATA)
-        return cls(receiver_index=r.u32(), counter=r.u64(), ciphertext=r.rest())
+        kind, version, receiver_index, counter = _DATA_HEADER.unpack_from(data)
+        if kind != KIND_TUNNEL_DATA:
+            raise DecodeError(f"not a tunnel packet of kind {KIND_TUNNEL_DATA:#x} (first byte {kind:#x})")
+        if version != PROTOCOL_VERSION:
+            raise DecodeError(f"unsupported tunnel protocol version {version}")
+        # The struct already bounds both integers and the length was checked:
+        # skip the validators (a per-packet cost) and set the fields directly.
+        packet = object.__new__(cls)
+        _set(packet, "receiver_index", receiver_index)
+        _set(packet, "counter", counter)
+        _set(packet, "ciphertext", bytes(data[DATA_HEADER_LEN:]))
+        return packet
+
+
+_DATA_HEADER = struct.Struct("!BBIQ")
+_set = object.__setattr__
 
 
 _BY_KIND = {
