@@ -30,19 +30,24 @@ class RecordingOwner:
     def __init__(self, clock):
         self.clock = clock
         self.events: list[tuple] = []
+        #: (direct, via) for every path_changed, apart from the sends
+        self.changes: list[tuple] = []
         self.relay = "relay"
 
     def _record(self, *event):
         self.events.append((round(self.clock.seconds(), 3),) + event)
 
-    def send_datagram(self, packet, endpoint):
-        self._record("direct", packet, endpoint)
+    def send_datagram(self, packet, endpoint, via=None):
+        self._record("direct", packet, endpoint, *([via] if via is not None else []))
 
     def send_relay(self, packet):
         self._record("relay", packet)
 
-    def send_probe(self, endpoint, ttl=None):
-        self._record("probe", endpoint, ttl)
+    def send_probe(self, endpoint, ttl=None, via=None):
+        self._record("probe", endpoint, ttl, *([via] if via is not None else []))
+
+    def path_changed(self, direct, via):
+        self.changes.append((direct, via))
 
     def request_punch(self):
         self._record("punch")

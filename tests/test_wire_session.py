@@ -21,6 +21,14 @@ messages = st.one_of(
         st.lists(endpoints, max_size=3).map(tuple),
         st.lists(endpoints, max_size=3).map(tuple),
     ),
+    st.builds(
+        smsg.Birthday,
+        st.booleans(),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 65535),
+        st.sampled_from(["198.51.100.10", "2001:db8::1", ""]),
+        st.lists(st.integers(0, 65535), max_size=smsg.MAX_OBSERVED).map(tuple),
+    ),
 )
 
 

@@ -89,4 +89,4 @@ def add_commands(commands, subcommand, global_options) -> None:
     actions = lab.add_subparsers(dest="action", metavar="ACTION", required=True)
     matrix = subcommand(actions, "matrix", "ping between every pair of NAT kinds and show the path each got", run_lab_matrix, render_lab_matrix)
     matrix.add_argument("--loss", type=float, default=0.0, metavar="PCT", help="random packet loss on every router, in percent")
-    matrix.add_argument("--kinds", metavar="K1,K2,...", help="NAT kinds to include (default: all six)")
+    matrix.add_argument("--kinds", metavar="K1,K2,...", help="NAT kinds to include (default: all seven)")

@@ -22,8 +22,8 @@ from .pilot import LabBeacon, LabNode
 from .ruleset import NAT_KINDS
 
 DIRECT_KINDS = ("direct", "punched", "lan")
-#: NAT kinds whose filtering lets in only what was sent to (so a punch needs both sides)
-_PORT_FILTERING = {"port-restricted-cone"}
+#: NAT kinds that map every destination to a new port
+_SYMMETRIC = {"symmetric", "symmetric-sequential"}
 
 
 def expected_path(a: str, b: str) -> str:
@@ -34,12 +34,11 @@ def expected_path(a: str, b: str) -> str:
     kinds = {a, b}
     if "udp-blocked" in kinds:
         return "relay-tcp"  # no UDP at all on that side: only the TLS relay
-    if kinds == {"symmetric"}:
+    if len(kinds & _SYMMETRIC) == 2 or kinds <= _SYMMETRIC:
         return "relay"  # neither side can predict the port the other's NAT will use
-    if "symmetric" in kinds and kinds & _PORT_FILTERING:
-        # The symmetric side's probes come from a new port per destination;
-        # a port-restricted NAT only admits the exact port it sent to.
-        return "relay"
+    # Port-restricted with symmetric: the symmetric side's probes come from a
+    # new port per destination, which a port-restricted NAT admits only once
+    # it has sent to that very port: a birthday punch finds one (punched).
     return "direct"
 
 
@@ -171,6 +170,10 @@ def run_matrix(kinds=NAT_KINDS, loss: float = 0.0, workdir: str | None = None, p
             node.start(wait_registered=False)
         for node in everyone:
             _wait_for(lambda: node.ctl("info")["registered"], 15)
+        for node in everyone:
+            # NAT discovery too: the NAT type rides the first candidate exchange,
+            # and a symmetric NAT is told apart only after ~4 s of tests.
+            _wait_for(lambda: node.ctl("info")["nat_type"] != "unknown", 15, interval=0.2)
         jobs = []
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for a, b in pairs_of(kinds):
@@ -193,6 +196,7 @@ _SHORT = {
     "port-restricted-cone": "port",
     "symmetric": "sym",
     "udp-blocked": "noudp",
+    "symmetric-sequential": "seq",
 }
 
 

@@ -8,6 +8,15 @@ in (address-and-port-dependent filtering).  The other kinds are built on top:
 
 * ``symmetric``: ``snat ... fully-random`` picks a fresh random port for every
   new conntrack, i.e. for every new destination endpoint.
+* ``symmetric-sequential``: a fresh port for every new conntrack too, but
+  the *next* one: ``snat to PUBLIC : numgen inc mod N map { 0 : BASE, ... }``.
+  The kernel itself never allocates sequentially: a plain ``snat to
+  PUBLIC:1024-65535`` (or ``masquerade``) keeps the inside port when it is
+  free and otherwise starts from a random offset in the range (measured on
+  kernel 6.18), and ``numgen inc`` straight into the port lands byte-swapped
+  (1024, 1025, ... become ports 4, 260, ...), hence the map.  One counter per
+  router, shared by its hosts, as in a real sequential NAT; the sequence
+  wraps after ``SEQUENTIAL_PORTS`` new mappings.
 * the three cone kinds keep their mappings in nftables maps that the
   packet path itself fills in, right after SNAT has chosen the port
   (a postrouting chain at ``srcnat + 10`` sees the translated packet and
@@ -44,12 +53,16 @@ NAT_KINDS = (
     "port-restricted-cone",
     "symmetric",
     "udp-blocked",
+    "symmetric-sequential",
 )
 CONE_KINDS = ("full-cone", "restricted-cone", "port-restricted-cone")
 
 TABLE = "pilotlab"
 WAN = "wan"
 LOSS_SCALE = 10000
+#: a sequential NAT hands out SEQUENTIAL_BASE, SEQUENTIAL_BASE + 1, ... and wraps
+SEQUENTIAL_BASE = 20000
+SEQUENTIAL_PORTS = 4096
 
 # What an unsolicited inbound packet must match to reach the inside host.
 _FILTER_KEYS = {
@@ -146,6 +159,12 @@ def _outbound_nat(kind: str, public_address: str) -> list[str]:
     if kind == "symmetric":
         return [
             f"{out} meta l4proto {{ tcp, udp }} snat to {public_address}:1024-65535 fully-random",
+            f"{out} snat to {public_address}",
+        ]
+    if kind == "symmetric-sequential":
+        ports = ", ".join(f"{i} : {SEQUENTIAL_BASE + i}" for i in range(SEQUENTIAL_PORTS))
+        return [
+            f"{out} meta l4proto udp snat to {public_address} : numgen inc mod {SEQUENTIAL_PORTS} map {{ {ports} }}",
             f"{out} snat to {public_address}",
         ]
     rules = []

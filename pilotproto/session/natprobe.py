@@ -56,11 +56,13 @@ from typing import NamedTuple
 
 from automat import MethodicalMachine
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..common.wiring import check_provides
 from ..interfaces import IDatagramSender
 from ..wire import Endpoint
 from ..wire import stun
+from .birthday_schedule import IMappingObservations
 
 #: attempts per request, and the wait after each before the next (or giving up)
 TRIES = 3
@@ -88,6 +90,7 @@ _FILTERING_WORDS = {
 }
 
 
+@implementer(IMappingObservations)
 class NatProber:
     """
     Collaborators: ``udp`` (:class:`~pilotproto.interfaces.IDatagramSender`)
@@ -140,6 +143,10 @@ class NatProber:
         self.reflexive: Endpoint | None = None
         #: the beacon's alternate endpoint (A2:P2) from OTHER-ADDRESS
         self.other: Endpoint | None = None
+        #: every mapped endpoint the latest finished run saw, in order (Test I, Test II):
+        #: a NAT that allocates sequentially shows its step here (birthday punching)
+        self.observed: tuple[Endpoint, ...] = ()
+        self._seen: list[Endpoint] = []
 
     # -- datagrams ------------------------------------------------------------
 
@@ -183,10 +190,16 @@ class NatProber:
             else:
                 self.rx_error()
         elif result.xor_mapped == self.reflexive:
+            self._seen.append(result.xor_mapped)
             self.rx_same_mapping()
         else:
+            self._seen.append(result.xor_mapped)
             self.rx_new_mapping()
         return True
+
+    def observed_ports(self) -> tuple[int, ...]:
+        """IMappingObservations: the public ports of the latest run's mappings, oldest first."""
+        return tuple(ep.port for ep in self.observed)
 
     def _usable_alternate(self, other: Endpoint | None) -> bool:
         server = self._server
@@ -287,6 +300,7 @@ class NatProber:
         self._filtering = "unknown"
         self.reflexive = None
         self.other = None
+        self._seen = []
         self._deadline_timer = self._clock.callLater(self._deadline, self.deadline)
 
     def _request(self, kind, destination, expected_origin, change_ip=False, change_port=False):
@@ -322,6 +336,7 @@ class NatProber:
     def record_reflexive(self, result):
         self.reflexive = result.xor_mapped
         self.other = result.other_address
+        self._seen.append(result.xor_mapped)
 
     @_machine.output()
     def send_change_both(self):
@@ -381,6 +396,8 @@ class NatProber:
         self._outstanding = None
         changed = nat_type != self.nat_type
         self.nat_type = nat_type
+        if self._seen:
+            self.observed = tuple(self._seen)
         emit = self.log.info if changed else self.log.debug
         emit("NAT type: {nat_type} ({why})", nat_type=nat_type, why=why)
         self._on_result(nat_type)

@@ -32,6 +32,16 @@ source names the endpoint the peer's packet came from, a
 :class:`~pilotproto.wire.sources.Relayed` one says the peer used the relay.
 What the path sends it sends through its owner (:class:`IPathOwner`, the
 peer's record), which holds the keys and the sockets.
+
+A direct path is a *route*: the peer's endpoint, and the local socket it is
+reached from — the node's own (``via`` None), or one of the extra sockets a
+birthday punch opened (:mod:`pilotproto.session.birthday`), whose packets
+arrive as :class:`~pilotproto.session.birthday_schedule.ViaSocket` sources.
+A symmetric NAT maps each local socket to its own public port, so
+everything on such a path (data, keepalives, acks) must leave from that
+socket.  A PathProbe that arrives while we are still on the relay is probed
+back on it at once (:meth:`PeerPath.probed`): the peer's filter has just
+opened for it, and this is how the side that was found learns its path.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from zope.interface import Interface
 from ..common.wiring import check_provides
 from ..wire import Endpoint
 from ..wire.sources import Direct, Relayed
+from .birthday_schedule import via_of as _via
 
 FILTERING_NATS = {"restricted_cone", "port_restricted_cone", "symmetric", "unknown", "udp_blocked"}
 #: candidate endpoints kept per peer: its own few public ones and up to 8 LAN
@@ -55,14 +66,14 @@ MAX_CANDIDATES = 24
 class IPathOwner(Interface):
     """What a :class:`PeerPath` needs from the peer it is the path to."""
 
-    def send_datagram(packet, endpoint):
-        """Send one tunnel packet straight to ``endpoint`` over UDP."""
+    def send_datagram(packet, endpoint, via=None):
+        """Send one tunnel packet straight to ``endpoint`` over UDP (from socket ``via`` if given)."""
 
     def send_relay(packet):
         """Send one tunnel packet to the peer through the beacon's relay."""
 
-    def send_probe(endpoint, ttl=None):
-        """Seal one PathProbe and send it to ``endpoint`` (with IP TTL ``ttl`` if given)."""
+    def send_probe(endpoint, ttl=None, via=None):
+        """Seal one PathProbe and send it to ``endpoint`` (with IP TTL ``ttl``, from socket ``via``, if given)."""
 
     def request_punch():
         """Ask the peer, through the session, for a new coordinated punch."""
@@ -72,6 +83,9 @@ class IPathOwner(Interface):
 
     def label():
         """How logs name the peer."""
+
+    def path_changed(direct, via):
+        """The path moved to a direct route from socket ``via`` (None: the node's own), or to the relay."""
 
 
 @attrs.frozen
@@ -111,6 +125,10 @@ class PeerPath:
         self.candidates: set[Endpoint] = set()
         self.lan_candidates: set[Endpoint] = set()
         self.direct: Endpoint | None = None
+        #: the extra socket the direct path leaves from (None: the node's own)
+        self.direct_via = None
+        #: route -> when we last probed it back (bounds answers to probes)
+        self._probed_back: dict = {}
         self.direct_seen: float | None = None
         self.unanswered_since: float | None = None
         self.unanswered_probes = 0
@@ -151,7 +169,7 @@ class PeerPath:
             self.unanswered_probes = 0
             self._arm(self.timers.check_interval, self.keepalive_tick)
         if self._on_direct:
-            self._owner.send_datagram(packet, self.direct)
+            self._owner.send_datagram(packet, self.direct, via=self.direct_via)
         else:
             self._owner.send_relay(packet)
 
@@ -191,18 +209,53 @@ class PeerPath:
             self.direct_seen = self._clock.seconds()
             self.unanswered_since = None
             self.unanswered_probes = 0
+        elif self._on_direct and endpoint.host == self.direct.host and endpoint in self.candidates:
+            # The peer sends from another of its ports than the one we send
+            # to (a birthday punch hit several of its sockets and it kept
+            # another): probe it, and its ack moves us where the peer is.
+            self._probe_back(endpoint, _via(source))
         elif endpoint not in self.candidates:
             # A new address for the peer: roaming or a NAT rebinding.
             if len(self.candidates) >= MAX_CANDIDATES:
                 self.candidates = {self.direct} if self.direct is not None else set()
                 self.lan_candidates &= self.candidates
             self.candidates.add(endpoint)
-            self._owner.send_probe(endpoint)
+            self._probe_back(endpoint, _via(source))
+
+    def probed(self, source: Direct | Relayed) -> None:
+        """A PathProbe arrived from ``source`` (and was acked): probe that route back.
+
+        Still on the relay, the peer's NAT has just let its probe out towards us,
+        so ours gets in: both sides prove the route without waiting for a
+        burst round (and a birthday punch's opening side finds its winning
+        socket only this way).  Once per route per ``check_interval``."""
+        if not isinstance(source, Direct) or not self.allow_direct or self._on_direct:
+            # On a direct path already, a probe from elsewhere is roaming: received() probes it.
+            return
+        self._probe_back(source.endpoint, _via(source))
+
+    def _probe_back(self, endpoint, via) -> None:
+        now = self._clock.seconds()
+        route = (endpoint, id(via))
+        if now - self._probed_back.get(route, -1e9) < self.timers.check_interval:
+            return
+        if len(self._probed_back) >= MAX_CANDIDATES:
+            self._probed_back.clear()
+        self._probed_back[route] = now
+        self._owner.send_probe(endpoint, via=via)
 
     def acked(self, source: Direct | Relayed) -> None:
         """A PathAck arrived from ``source``: only a direct one proves a path."""
-        if isinstance(source, Direct) and self.allow_direct:
-            self.ack(source.endpoint)
+        if not isinstance(source, Direct) or not self.allow_direct:
+            return
+        via = _via(source)
+        if self._on_direct and source.endpoint == self.direct and via is not self.direct_via:
+            # The same peer endpoint from another of our sockets: the first
+            # route proven stays (the birthday punch closes the others).
+            return
+        if via is not None and via.local_port is None:
+            return  # a late ack on a socket already closed
+        self.ack(source.endpoint, via)
 
     def start_punch(self) -> None:
         if self.allow_direct and self.candidates:
@@ -249,8 +302,8 @@ class PeerPath:
         "time to check the direct path in use"
 
     @_machine.input()
-    def ack(self, endpoint):
-        "a PathAck arrived straight from endpoint"
+    def ack(self, endpoint, via=None):
+        "a PathAck arrived straight from endpoint (on socket via, None: the node's own)"
 
     @_machine.input()
     def silence(self):
@@ -300,9 +353,10 @@ class PeerPath:
         self._owner.request_punch()
 
     @_machine.output()
-    def _use(self, endpoint):
-        changed = endpoint != self.direct or not self._on_direct
+    def _use(self, endpoint, via=None):
+        changed = endpoint != self.direct or via is not self.direct_via or not self._on_direct
         self.direct = endpoint
+        self.direct_via = via
         self.direct_seen = self._clock.seconds()
         self.unanswered_since = None
         self.unanswered_probes = 0
@@ -313,6 +367,7 @@ class PeerPath:
         if changed:
             self.switches += 1
             self.log.info("{peer}: direct path {ep} ({kind})", peer=self._owner.label(), ep=str(endpoint), kind=self.kind)
+            self._owner.path_changed(True, via)
 
     @_machine.output()
     def _arm_keepalive(self):
@@ -339,7 +394,7 @@ class PeerPath:
                 return
             self.unanswered_since = now
             self.unanswered_probes = 0
-        self._owner.send_probe(self.direct)
+        self._owner.send_probe(self.direct, via=self.direct_via)
         self.last_keepalive = now
         self.unanswered_probes += 1
         self._arm(t.check_interval, self.keepalive_tick)
@@ -351,6 +406,8 @@ class PeerPath:
         self.unanswered_probes = 0
         self.fallbacks += 1
         self.log.info("{peer}: direct path {ep} went silent; using the relay", peer=self._owner.label(), ep=str(self.direct))
+        self.direct_via = None
+        self._owner.path_changed(False, None)
         # A short outage should not cost a minute: try again soon, then back off.
         self._retry_delay = self.timers.retry_first
         self._arm(self.timers.silence_after, self.retry_tick)
@@ -386,4 +443,3 @@ class PeerPath:
     for _late in (punch, burst_tick, burst_over, retry_tick, keepalive_tick, ack, silence, stop):
         stopped.upon(_late, enter=stopped, outputs=[])
     del _late
-

@@ -19,6 +19,7 @@ PathAck that arrived directly proves a direct path.
 from __future__ import annotations
 
 import base64
+import random
 
 import attrs
 from twisted.internet import defer
@@ -33,6 +34,8 @@ from ..streams import StreamConnection
 from ..streams.frames import PACKET_TYPE
 from ..wire import session as smsg
 from ..wire.sources import Direct, Relayed
+from .birthday import Birthday, IBirthdayOwner
+from .birthday_schedule import BirthdayOptions, IPunchSockets, via_of
 from .paths import IPathOwner, PathTimers, PeerPath
 
 #: the first plaintext byte of a stream packet (the rest is the stream layer's)
@@ -57,9 +60,12 @@ class PeerLinks:
     own_key: bytes = attrs.field(validator=attrs.validators.instance_of(bytes))
     allow_direct: bool = True
     path_timers: PathTimers = PathTimers()
+    #: extra sockets for birthday punches (None: this node only ever probes)
+    punch: object = attrs.field(default=None, validator=attrs.validators.optional(provides(IPunchSockets)))
+    birthday: BirthdayOptions = BirthdayOptions()
 
 
-@implementer(IPathOwner)
+@implementer(IPathOwner, IBirthdayOwner)
 class Peer:
     """The session with one peer, whose Ed25519 public key is ``key``."""
 
@@ -73,6 +79,8 @@ class Peer:
         self.tunnel = tunnel
         self._links = links
         self.path = PeerPath(links.clock, self, allow_direct=links.allow_direct, timers=links.path_timers)
+        #: the birthday punch (symmetric NAT <-> port-restricted cone), seeded from the injected ids
+        self.birthday = Birthday(links.clock, self, links.punch, links.birthday, random.Random(links.ids()))
         #: the reliable streams and datagrams multiplexed on this session (made on first use)
         self.streams: StreamConnection | None = None
         #: ping id -> (Deferred waiting for the pong, when the ping left)
@@ -98,18 +106,35 @@ class Peer:
 
     # -- IPathOwner ---------------------------------------------------------------
 
-    def send_datagram(self, packet: bytes, endpoint) -> None:
-        self._links.udp.send(packet, endpoint)
+    def send_datagram(self, packet: bytes, endpoint, via=None) -> None:
+        (via or self._links.udp).send(packet, endpoint)
 
     def send_relay(self, packet: bytes) -> None:
         self._links.relay.send_relay(self.address.to_bytes(), packet)
 
-    def send_probe(self, endpoint, ttl=None) -> None:
+    def send_probe(self, endpoint, ttl=None, via=None) -> None:
         session = self.tunnel.current
         if session is None or not session.can_seal():
             return
         packet = session.seal(smsg.encode(smsg.PathProbe(self._links.ids())))
-        self._links.udp.send(packet, endpoint, ttl=ttl)
+        (via or self._links.udp).send(packet, endpoint, ttl=ttl)
+
+    def path_changed(self, direct: bool, via) -> None:
+        self.birthday.path_changed(direct, via)
+        if direct and self.birthday.attempts:
+            # A birthday punch can hit several of the symmetric side's
+            # sockets, and each side may prove a different one first: tell
+            # the peer which route we keep, and it follows (PeerPath.received).
+            self.send_probe(self.path.direct, via=via)
+
+    # -- IBirthdayOwner -----------------------------------------------------------------
+
+    def send_message(self, msg) -> None:
+        if self.tunnel.current is not None:
+            self.tunnel.send_data(smsg.encode(msg))
+
+    def on_relay(self) -> bool:
+        return not self.path.using_direct()
 
     def request_punch(self) -> None:
         # Restricted NATs open only if both sides send: a coordinated punch.
@@ -138,6 +163,7 @@ class Peer:
         if streams is not None:
             streams.close(streams_error or error)
         self.path.stop()
+        self.birthday.stop()
         self._cancel_call()
 
     def message_received(self, msg, source: Direct | Relayed) -> None:
@@ -172,8 +198,10 @@ class Peer:
     def _rx_probe(self, msg: smsg.PathProbe, source) -> None:
         session = self.tunnel.current
         if isinstance(source, Direct) and session is not None and session.can_seal() and self._links.allow_direct:
-            # Straight back to where the probe came from: that proves the path both ways.
-            self._links.udp.send(session.seal(smsg.encode(smsg.PathAck(msg.nonce))), source.endpoint)
+            # Straight back to where the probe came from (the very socket): that proves the path both ways.
+            ack = session.seal(smsg.encode(smsg.PathAck(msg.nonce)))
+            (via_of(source) or self._links.udp).send(ack, source.endpoint)
+            self.path.probed(source)
 
     def _rx_ack(self, msg: smsg.PathAck, source) -> None:
         self.path.acked(source)
@@ -185,6 +213,13 @@ class Peer:
         if not msg.reply:
             self.call_me_maybe(reply=True)
         self.path.start_punch()
+        if self._links.allow_direct:
+            our_public = self._links.candidates.local_candidates()[1]
+            self.birthday.consider(self.path.our_nat, msg.nat_type, msg.public, our_public)
+
+    def _rx_birthday(self, msg: smsg.Birthday, source) -> None:
+        if self._links.allow_direct:
+            self.birthday.message_received(msg)
 
     _HANDLERS = {
         smsg.Ping: _rx_ping,
@@ -192,6 +227,7 @@ class Peer:
         smsg.PathProbe: _rx_probe,
         smsg.PathAck: _rx_ack,
         smsg.CallMeMaybe: _rx_call_me_maybe,
+        smsg.Birthday: _rx_birthday,
     }
 
     # -- direct paths -----------------------------------------------------------------
@@ -276,4 +312,6 @@ class Peer:
             "rtt_ms": self.last_rtt,
             "bytes_sent": path.bytes_sent,
             "bytes_received": path.bytes_received,
+            # Only for a pair that needed one: how the birthday punch went.
+            **({"birthday": dict(self.birthday.stats)} if self.birthday.attempts else {}),
         }

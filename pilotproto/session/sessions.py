@@ -35,6 +35,7 @@ from ..tunnel import ITunnelOwner, TunnelEndpoint
 from ..wire import DecodeError, Endpoint
 from ..wire import session as smsg
 from ..wire.sources import Direct, Relayed
+from .birthday_schedule import BirthdayOptions
 from .paths import PathTimers
 from .peer import STREAM_PACKET, Peer, PeerLinks
 
@@ -72,6 +73,8 @@ class Sessions:
         ids=new_request_id,
         allow_direct: bool = True,
         path_timers: PathTimers = PathTimers(),
+        punch=None,
+        birthday: BirthdayOptions = BirthdayOptions(),
         **tunnel_options,
     ):
         self._clock = clock
@@ -87,6 +90,8 @@ class Sessions:
             own_key=identity.public_key,
             allow_direct=allow_direct,
             path_timers=path_timers,
+            punch=punch,
+            birthday=birthday,
         )
         #: seconds a tunnel handshake may take before open_stream / ping fail (tests shorten it)
         self.connect_timeout = timeouts.TUNNEL_HANDSHAKE

@@ -14,7 +14,19 @@ type   name          body
 0x05   Close         ``reason u8`` (1 = trust revoked, 2 = shutting down), ``message text8``
 0x06   CallMeMaybe   ``flags u8`` (bit 0: this is the reply), ``nat_type text8``,
                      ``public`` endpoint list, ``lan`` endpoint list
+0x07   Birthday      ``flags u8`` (bit 0: this is the reply), ``attempt u32``,
+                     ``sockets u16``, ``host text8``, ``observed`` u8 count
+                     then that many ``u16`` ports
 =====  ============  ==============================================
+
+``Birthday`` coordinates a birthday punch (:mod:`pilotproto.session.birthday`):
+the side behind a symmetric NAT has opened ``sockets`` sockets and primed
+them towards the other side; the other side answers (reply) and probes
+ports of ``host``, which must be the host of an endpoint the sender gave in
+its ``CallMeMaybe`` (never any other address).  ``observed`` are the public
+ports the sender's NAT gave its recent mappings, oldest first: a NAT that
+allocates sequentially shows it there, and the prober tries the next ports
+first.
 
 Type 0x10 is a stream packet (:mod:`pilotproto.streams`); the sessions layer
 hands it to the stream connection before this codec sees it.
@@ -26,7 +38,9 @@ import attrs
 
 from .codec import DecodeError, Reader, Writer
 
-PING, PONG, PATH_PROBE, PATH_ACK, CLOSE, CALL_ME_MAYBE = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+PING, PONG, PATH_PROBE, PATH_ACK, CLOSE, CALL_ME_MAYBE, BIRTHDAY = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
+#: observed ports a Birthday message may carry
+MAX_OBSERVED = 8
 CLOSE_REVOKED = 1
 CLOSE_SHUTDOWN = 2
 
@@ -69,6 +83,17 @@ class CallMeMaybe:
     lan: tuple = ()
 
 
+@attrs.frozen
+class Birthday:
+    """I opened ``sockets`` sockets towards you: probe ports of ``host`` (or: I am probing)."""
+
+    reply: bool
+    attempt: int
+    sockets: int = 0
+    host: str = ""
+    observed: tuple = ()
+
+
 def encode(msg) -> bytes:
     w = Writer()
     if isinstance(msg, (Ping, Pong)):
@@ -79,6 +104,12 @@ def encode(msg) -> bytes:
         w.u8(CLOSE).u8(msg.reason).text8(msg.message)
     elif isinstance(msg, CallMeMaybe):
         w.u8(CALL_ME_MAYBE).u8(1 if msg.reply else 0).text8(msg.nat_type).endpoints(msg.public).endpoints(msg.lan)
+    elif isinstance(msg, Birthday):
+        if len(msg.observed) > MAX_OBSERVED:
+            raise ValueError(f"a Birthday message carries at most {MAX_OBSERVED} observed ports")
+        w.u8(BIRTHDAY).u8(1 if msg.reply else 0).u32(msg.attempt).u16(msg.sockets).text8(msg.host).u8(len(msg.observed))
+        for port in msg.observed:
+            w.u16(port)
     else:
         raise TypeError(f"not a session message: {msg!r}")
     return w.bytes()
@@ -98,6 +129,14 @@ def decode(data: bytes):
         if flags > 1:
             raise DecodeError("unknown CallMeMaybe flags")
         msg = CallMeMaybe(bool(flags), r.text8(), r.endpoints(), r.endpoints())
+    elif kind == BIRTHDAY:
+        flags = r.u8()
+        if flags > 1:
+            raise DecodeError("unknown Birthday flags")
+        attempt, sockets, host, count = r.u32(), r.u16(), r.text8(), r.u8()
+        if count > MAX_OBSERVED:
+            raise DecodeError("too many observed ports in a Birthday message")
+        msg = Birthday(bool(flags), attempt, sockets, host, tuple(r.u16() for _ in range(count)))
     else:
         raise DecodeError(f"unknown session message type {kind}")
     r.end()

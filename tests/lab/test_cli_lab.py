@@ -58,14 +58,15 @@ def test_netcheck_behind_each_kind_of_nat(tmp_path):
     assert (nat["mapping"], nat["filtering"]) == ("endpoint-independent", "address-and-port-dependent")
     assert nat["mapping_stable"] is True and isinstance(nat["hairpinning"], bool)
     assert not b["udp"]["reflexive_endpoint"].startswith(nat["local_endpoint"].rsplit(":", 1)[0] + ":")
-    assert doc["data"]["peers"]["summary"] == "direct to most peers; relay for peers behind symmetric NATs"
+    assert doc["data"]["peers"]["summary"] == "direct to every peer that has UDP (hole punching works from here)"
 
     code, doc = results["symmetric"]
     assert code == 0, doc
     assert doc["data"]["nat_type"] == "symmetric"
     [sym] = doc["data"]["beacons"]
     assert sym["nat"]["filtering"] != "unknown", sym["nat"]  # measured, though the type names the mapping
-    assert doc["data"]["peers"]["by_peer_nat"]["port-restricted-cone"] == "relay"
+    assert doc["data"]["peers"]["by_peer_nat"]["port-restricted-cone"] == "direct"  # a birthday punch
+    assert doc["data"]["peers"]["by_peer_nat"]["symmetric"] == "relay"
     assert doc["data"]["peers"]["by_peer_nat"]["full-cone"] == "direct"
 
     # No UDP at all: only the TLS relay, and netcheck says so (and still succeeds).

@@ -32,6 +32,7 @@ EXPECTED = {
     "restricted-cone": ("endpoint-independent", "address-dependent"),
     "port-restricted-cone": ("endpoint-independent", "address-and-port-dependent"),
     "symmetric": ("address-and-port-dependent", "address-and-port-dependent"),
+    "symmetric-sequential": ("address-and-port-dependent", "address-and-port-dependent"),
 }
 
 
@@ -51,8 +52,12 @@ def test_nat_kind_behaviour(lab, kind):
     assert result["behaviour"] == {"mapping": mapping, "filtering": filtering}, result
     assert {_address(m) for m in result["mapping"].values()} == {site.public_address}
     assert _address(result["tcp"]) == site.public_address
-    if kind == "symmetric":
+    if kind.startswith("symmetric"):
         assert len({_port(m) for m in result["mapping"].values()}) == 4
+    if kind == "symmetric-sequential":
+        # Four new destinations, four consecutive ports (the probe's only flows through this router).
+        ports = sorted(_port(m) for m in result["mapping"].values())
+        assert ports == list(range(ports[0], ports[0] + 4)), result
 
 
 def test_no_nat_site_hosts_are_public(lab):

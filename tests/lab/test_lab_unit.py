@@ -66,6 +66,8 @@ def test_ruleset_replaces_its_table_atomically():
 def test_ruleset_per_kind():
     assert "snat" not in ruleset.site_ruleset("none", "198.51.100.2")
     assert "fully-random" in ruleset.site_ruleset("symmetric", "198.51.100.2")
+    sequential = ruleset.site_ruleset("symmetric-sequential", "198.51.100.2")
+    assert "numgen inc mod 4096 map { 0 : 20000, 1 : 20001," in sequential and "fully-random" not in sequential
     assert "meta l4proto udp drop" in ruleset.site_ruleset("udp-blocked", "198.51.100.2")
     full = ruleset.site_ruleset("full-cone", "198.51.100.2")
     assert "udp dport @mapping_in dnat" in full and "@peers" not in full

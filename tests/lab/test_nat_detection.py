@@ -31,6 +31,7 @@ EXPECTED = {
     "restricted-cone": "restricted_cone",
     "port-restricted-cone": "port_restricted_cone",
     "symmetric": "symmetric",
+    "symmetric-sequential": "symmetric",  # RFC 5780 names the mapping, not how ports are picked
     "udp-blocked": "udp_blocked",
 }
 
