@@ -15,7 +15,10 @@ For each beacon, on a fresh UDP socket of its own:
    same mapping as the first;
 5. hairpinning: a datagram to our own reflexive address must come back to
    the socket (two peers behind this NAT then reach each other directly);
-6. TCP/TLS: the beacon's TLS relay (``--beacon-tls``, by default the beacon
+6. port mapping: whether the router on the way to the first beacon grants
+   a UDP port by PCP, NAT-PMP or UPnP IGD (:mod:`pilotproto.node.portmap`),
+   tried with a short mapping that is deleted at once;
+7. TCP/TLS: the beacon's TLS relay (``--beacon-tls``, by default the beacon
    host on port 443), checked exactly as the node checks it
    (:class:`~pilotproto.rendezvous.tls.VerifiedTLSEndpoint`), with the
    connect-and-handshake time.
@@ -40,6 +43,7 @@ from ..errors import PilotError, Unavailable
 from ..interfaces import IDatagramRouter
 from ..lab.matrix import expected_path
 from ..lab.ruleset import NAT_KINDS
+from ..node.portmap import check_port_mapping
 from ..node.config import DEFAULT_BEACON_TLS_PORT, parse_fingerprint, parse_hostport
 from ..node.udp import UDPService
 from ..rendezvous.link import resolve_endpoint
@@ -76,11 +80,13 @@ def beacon_targets(config, beacons: list[str], beacon_tls: str | None) -> list[d
     Each target is ``{"beacon": (host, port), "tls": (host, port), "tls_default": bool}``;
     ``tls_default`` says the relay address is only the default (the beacon
     host, port 443), which the report says when it fails."""
-    names = beacons or ([config.beacon] if config.beacon else [])
+    names = beacons or config.beacons
     targets = []
-    for name in names:
+    for i, name in enumerate(names):
         host, port = parse_hostport(name)
-        given = beacon_tls if beacon_tls is not None else (config.beacon_tls if not beacons else None)
+        # The saved beacons each with its own saved relay (by position, issue 14).
+        saved = config.beacon_tls[i] if not beacons and i < len(config.beacon_tls) else None
+        given = beacon_tls if beacon_tls is not None else saved
         tls = parse_hostport(given, DEFAULT_BEACON_TLS_PORT) if given is not None else (host, DEFAULT_BEACON_TLS_PORT)
         targets.append({"beacon": (host, port), "tls": tls, "tls_default": given is None})
     return targets
@@ -318,6 +324,9 @@ def _error(error: PilotError) -> dict:
 def netcheck(reactor, targets, ca_file=None, fingerprint: str | None = None):
     """Check every target (see :func:`beacon_targets`) in turn; the result dict ``pilotctl netcheck`` prints."""
     pinned = parse_fingerprint(fingerprint) if fingerprint else None
+    # Alongside the beacon checks: asking a router that speaks no mapping
+    # protocol takes a few seconds of silence.
+    mapping = _port_mapping(reactor, targets[0]["beacon"]) if targets else defer.succeed(None)
     beacons = []
     for target in targets:
         result = yield BeaconCheck(reactor, target["beacon"], target["tls"], ca_file, pinned).run()
@@ -327,7 +336,16 @@ def netcheck(reactor, targets, ca_file=None, fingerprint: str | None = None):
                 "pass --beacon-tls HOST:PORT if the beacon's TLS relay is elsewhere, or --no-tls if it has none."
             )
         beacons.append(result)
-    return summarise(beacons)
+    summary = summarise(beacons)
+    summary["port_mapping"] = yield mapping
+    return summary
+
+
+def _port_mapping(reactor, beacon: tuple[str, int]) -> defer.Deferred:
+    """The port-mapping check towards the first beacon; None if its name does not resolve."""
+    d = resolve_endpoint(reactor, *beacon)
+    d.addCallbacks(lambda endpoint: check_port_mapping(reactor, endpoint.host), lambda failure: None)
+    return d
 
 
 def summarise(beacons: list[dict]) -> dict:

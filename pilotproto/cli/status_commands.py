@@ -32,7 +32,8 @@ def run_netcheck(args, ctx) -> dict:
     if args.no_tls:
         targets = [dict(t, tls=None) for t in targets]
     ca_file = os.path.abspath(args.beacon_ca) if args.beacon_ca else config.beacon_ca
-    fingerprint = args.beacon_fingerprint or config.beacon_fingerprint
+    # One pin for the check: a saved one is the first beacon's.
+    fingerprint = args.beacon_fingerprint or config.beacon_fingerprint_of(0)
     terminal = ctx.out.progress_stream()
     if terminal is not None:
         names = ", ".join("%s:%d" % t["beacon"] for t in targets)
@@ -87,6 +88,12 @@ def render_netcheck(data: dict) -> str:
                          f"    hairpinning: {_yes_no(nat['hairpinning'])}")
             if nat.get("why_unknown"):
                 lines.append(f"  note:         {nat['why_unknown']}")
+    mapping = data.get("port_mapping")
+    if mapping is not None:
+        if mapping.get("protocol"):
+            lines.append(f"Port mapping: {mapping['protocol']} at the gateway {mapping['gateway']} (mapped {mapping['external']})")
+        else:
+            lines.append(f"Port mapping: none ({mapping['error'] or 'nothing answered'})")
     lines.append(f"Peers: {data['peers']['summary']}")
     return "\n".join(lines)
 
@@ -145,15 +152,7 @@ def render_status(data: dict) -> str:
     visibility = "public" if node.get("public") else "private"
     up = duration(node.get("uptime_s"))
     lines = [f"{node.get('hostname')}  {node.get('address')}  ({visibility})  up {up}  pid {node.get('pid')}"]
-    state = "registered" if node.get("registered") else "NOT registered"
-    endpoint = node.get("reflexive_endpoint") or "-"
-    lines.append(
-        f"beacon {node.get('beacon')} over {node.get('beacon_transport') or 'udp'}: {state}; "
-        f"public endpoint {endpoint}; NAT {node.get('nat_type') or 'unknown'}"
-    )
-    error = node.get("beacon_error")
-    if isinstance(error, dict) and error.get("message"):
-        lines.append(f"  last beacon error: {error['message']}")
+    lines += beacon_lines(node)
     lines.append("")
     if data["peers"]:
         lines.append(peers_table(data["peers"]))
@@ -172,6 +171,29 @@ def render_status(data: dict) -> str:
     lines += [f"expose {line}" if not line.startswith(" ") else line for line in expose_lines(data.get("exposes") or [])]
     lines += [f"mcp {line}" if not line.startswith(" ") else line for line in server_lines(data.get("mcp_servers") or [])]
     return "\n".join(lines)
+
+
+def beacon_lines(node: dict) -> list[str]:
+    """One line per beacon (``info``'s ``beacons``; a daemon from before several
+    beacons gives only the single-beacon fields), with its last error."""
+    beacons = node.get("beacons") or [{
+        "beacon": node.get("beacon"),
+        "registered": node.get("registered"),
+        "transport": node.get("beacon_transport"),
+        "error": node.get("beacon_error"),
+    }]
+    endpoint = node.get("reflexive_endpoint") or "-"
+    lines = []
+    for i, beacon in enumerate(beacons):
+        state = "registered" if beacon.get("registered") else "NOT registered"
+        line = f"beacon {beacon.get('beacon')} over {beacon.get('transport') or 'udp'}: {state}"
+        if i == 0:
+            line += f"; public endpoint {endpoint}; NAT {node.get('nat_type') or 'unknown'}"
+        lines.append(line)
+        error = beacon.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            lines.append(f"  last beacon error: {error['message']}")
+    return lines
 
 
 def add_commands(commands, subcommand) -> None:

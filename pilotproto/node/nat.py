@@ -7,7 +7,9 @@ against the beacon when the beacon's address is known, again every
 when the beacon reports a public endpoint other than the one discovery saw
 (a rebinding, a new address, another network).  It answers the session
 layer's question "where may peers reach us directly?"
-(:class:`~pilotproto.interfaces.ILocalCandidates`).
+(:class:`~pilotproto.interfaces.ILocalCandidates`): the public endpoint the
+beacon sees, a port the gateway mapped for us (PCP, NAT-PMP or UPnP, see
+:mod:`pilotproto.node.portmap`) listed first, and our LAN address.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from zope.interface import implementer
 from ..interfaces import IBeaconObserver, IDatagramSender, ILocalCandidates, INatDiscovery
 from ..session.natprobe import NatProber
 from ..wire import Endpoint
+from .portmap import PortMapper, gateway_towards
 
 #: how often NAT discovery runs again without a reason
 NAT_RECHECK_INTERVAL = 300.0
@@ -32,7 +35,7 @@ class NatService(service.Service):
     log = Logger()
     name = "nat"
 
-    def __init__(self, reactor, udp, recheck_interval: float = NAT_RECHECK_INTERVAL):
+    def __init__(self, reactor, udp, recheck_interval: float = NAT_RECHECK_INTERVAL, port_mapping: bool = True, port_mapper=None):
         if not IDatagramSender.providedBy(udp):
             raise TypeError(f"{udp!r} does not provide IDatagramSender")
         self._udp = udp
@@ -44,6 +47,17 @@ class NatService(service.Service):
         self._recheck.clock = reactor
         #: NAT behaviour seen from here; "unknown" until discovery says otherwise
         self.nat_type = "unknown"
+        if port_mapper is None and port_mapping:
+            port_mapper = PortMapper(reactor, self._udp_port, gateway=self._gateway)
+        #: asks the router on the way to the beacon for a port (None: switched off)
+        self.port_mapper = port_mapper
+
+    def _udp_port(self) -> int:
+        local = self._udp.local_endpoint
+        return local.port if local is not None else 0
+
+    def _gateway(self) -> str | None:
+        return gateway_towards(self._beacon.host) if self._beacon is not None else None
 
     def _discovered(self, nat_type: str) -> None:
         self.nat_type = nat_type
@@ -60,11 +74,17 @@ class NatService(service.Service):
         if self._recheck.running:
             self._recheck.stop()
         self.prober.stop()
+        if self.port_mapper is not None:
+            # Waits (briefly) for the router to confirm the mapping is gone.
+            return self.port_mapper.stop()
+        return None
 
     def _start_rechecks(self):
         if self.running and not self._recheck.running:
             # Alongside registration, not after it: nothing waits for the result.
             self._recheck.start(self._recheck_interval, now=True)
+        if self.running and self.port_mapper is not None:
+            self.port_mapper.start()
 
     def _probe(self):
         if self._beacon is not None:
@@ -119,4 +139,16 @@ class NatService(service.Service):
 
     def local_candidates(self):
         public = [self._public] if self._public else []
+        mapped = self.port_mapper.candidate(self._public) if self.port_mapper is not None else None
+        if mapped is not None and mapped not in public:
+            # First: a mapped port answers every peer, whatever our NAT does.
+            public.insert(0, mapped)
         return self.nat_type, public, self.lan_endpoints()
+
+    def port_mapping(self) -> dict:
+        """What the router on the way to the beacon granted, for ``info`` and ``netcheck``."""
+        if self.port_mapper is None:
+            return {"state": "off"}
+        status = self.port_mapper.status()
+        status["advertised"] = self.port_mapper.candidate(self._public) is not None
+        return status
