@@ -15,14 +15,12 @@ while the daemon (and behind it the peer's flow-control credit) does not read.
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import socket
 from typing import Any, NamedTuple
 
 from ..control.codec import Response, decode_response, encode_request
-from ..control.socketfile import check_socket_path
-from ..errors import NotRunning, PermissionDenied, PilotError, ProtocolError, Timeout
+from ..control.socketfile import check_reachable, connect_failure
+from ..errors import NotRunning, PilotError, ProtocolError, Timeout
 
 #: asyncio's own default, as for asyncio.open_connection: the limit of readline()/readuntil()
 STREAM_LIMIT = 2**16
@@ -70,13 +68,6 @@ class PilotStreamWriter(asyncio.StreamWriter):
         return f"<PilotStreamWriter {self._pilot_extra['sockname']} -> {self._pilot_extra['peername']}>"
 
 
-def _denied(path: str, error: OSError) -> PermissionDenied:
-    return PermissionDenied(
-        f"cannot open the control socket {path}: {error.strerror}",
-        hint="Run as the user that started the daemon (the socket is private to that user).",
-    )
-
-
 async def open_socket(path: str, home: str, timeout: float) -> socket.socket:
     """
     A connected, non-blocking UNIX socket to the daemon of ``home``.
@@ -84,15 +75,7 @@ async def open_socket(path: str, home: str, timeout: float) -> socket.socket:
     The outcomes of ``docs/control.md`` ("Where it is"): no file or a stale
     one is NotRunning, another user's socket or home is PermissionDenied.
     """
-    check_socket_path(path)
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise NotRunning(f"no pilot daemon is running for {home}") from None
-    except PermissionError as e:
-        raise _denied(path, e) from None
-    except OSError:
-        pass  # let connect() say what is wrong
+    check_reachable(path, home)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
@@ -103,11 +86,10 @@ async def open_socket(path: str, home: str, timeout: float) -> socket.socket:
         raise Timeout(f"the daemon did not accept a control connection within {timeout:g} s") from None
     except OSError as e:
         sock.close()
-        if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            raise NotRunning(f"no pilot daemon is running for {home} (stale control socket)") from None
-        if e.errno in (errno.EACCES, errno.EPERM):
-            raise _denied(path, e) from None
-        raise
+        failure = connect_failure(e, path, home)
+        if failure is e:
+            raise
+        raise failure from None
     except BaseException:
         sock.close()
         raise

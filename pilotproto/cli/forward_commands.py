@@ -87,13 +87,18 @@ def _listen_text(entry: dict) -> str:
     return f"[{bind}]:{entry['local_port']}" if ":" in bind else f"{bind}:{entry['local_port']}"
 
 
-def forward_lines(forwards: list[dict]) -> list[str]:
+def entry_lines(entries: list[dict], describe) -> list[str]:
+    """One line per forward/expose/MCP server (``describe(entry)`` says what it is), then its problems."""
     lines = []
-    for f in forwards:
-        state = "" if f.get("listening") else "  NOT LISTENING"
-        lines.append(f"{_listen_text(f)} -> {f['target']}:{f['port']}{state}  ({_counts(f)})")
-        lines += _problems(f)
+    for entry in entries:
+        state = "" if entry.get("listening") else "  NOT LISTENING"
+        lines.append(f"{describe(entry)}{state}  ({_counts(entry)})")
+        lines += _problems(entry)
     return lines
+
+
+def forward_lines(forwards: list[dict]) -> list[str]:
+    return entry_lines(forwards, lambda f: f"{_listen_text(f)} -> {f['target']}:{f['port']}")
 
 
 def render_forward(data: dict) -> str:
@@ -137,12 +142,7 @@ def _allow_text(entry: dict) -> str:
 
 
 def expose_lines(exposes: list[dict]) -> list[str]:
-    lines = []
-    for e in exposes:
-        state = "" if e.get("listening") else "  NOT LISTENING"
-        lines.append(f"port {e['port']} -> {_service_text(e)} for {_allow_text(e)}{state}  ({_counts(e)})")
-        lines += _problems(e)
-    return lines
+    return entry_lines(exposes, lambda e: f"port {e['port']} -> {_service_text(e)} for {_allow_text(e)}")
 
 
 def render_expose(data: dict) -> str:

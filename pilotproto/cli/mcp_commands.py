@@ -18,7 +18,7 @@ from ..identity.address import Address
 from ..node.bridge_specs import check_allow_entry
 from ..node.mcp_specs import MCP_PORT
 from . import mcp_connect
-from .forward_commands import _allow_text, _counts, _problems
+from .forward_commands import _allow_text, entry_lines
 from .output import CommandFailed
 
 
@@ -62,12 +62,7 @@ def render_serve(data: dict) -> str:
 
 
 def server_lines(servers: list[dict]) -> list[str]:
-    lines = []
-    for s in servers:
-        state = "" if s.get("listening") else "  NOT LISTENING"
-        lines.append(f"port {s['port']} -> {' '.join(s['argv'])} for {_allow_text(s)}{state}  ({_counts(s)})")
-        lines += _problems(s)
-    return lines
+    return entry_lines(servers, lambda s: f"port {s['port']} -> {' '.join(s['argv'])} for {_allow_text(s)}")
 
 
 def run_list(args, ctx) -> dict:

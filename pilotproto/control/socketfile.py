@@ -62,12 +62,10 @@ def remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
-def connect_socket(path: str, home: str, timeout: float) -> socket.socket:
-    """
-    A blocking connection to the control socket at ``path`` (the daemon of
-    ``home``), with ``timeout`` set; NotRunning, Timeout or PermissionDenied
-    with the reason a person can act on.
-    """
+def check_reachable(path: str, home: str) -> None:
+    """Before connecting to ``path``: NotRunning if there is no socket file,
+    PermissionDenied if we may not reach it.  Other oddities are left for
+    ``connect()`` to report."""
     check_socket_path(path)
     try:
         os.lstat(path)
@@ -78,7 +76,25 @@ def connect_socket(path: str, home: str, timeout: float) -> socket.socket:
         # home): the daemon may well run, we just cannot reach it.
         raise _denied(path, e) from None
     except OSError:
-        pass  # let connect() say what is wrong
+        return  # connect() says what is wrong, in its own words
+
+
+def connect_failure(error: OSError, path: str, home: str) -> Exception:
+    """What a failed ``connect()`` to the control socket means, for a person."""
+    if error.errno in (errno.ECONNREFUSED, errno.ENOENT):
+        return NotRunning(f"no pilot daemon is running for {home} (stale control socket)")
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return _denied(path, error)
+    return error
+
+
+def connect_socket(path: str, home: str, timeout: float) -> socket.socket:
+    """
+    A blocking connection to the control socket at ``path`` (the daemon of
+    ``home``), with ``timeout`` set; NotRunning, Timeout or PermissionDenied
+    with the reason a person can act on.
+    """
+    check_reachable(path, home)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -88,11 +104,10 @@ def connect_socket(path: str, home: str, timeout: float) -> socket.socket:
         raise Timeout(f"the daemon did not accept a control connection within {timeout:g} s") from None
     except OSError as e:
         sock.close()
-        if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            raise NotRunning(f"no pilot daemon is running for {home} (stale control socket)") from None
-        if e.errno in (errno.EACCES, errno.EPERM):
-            raise _denied(path, e) from None
-        raise
+        failure = connect_failure(e, path, home)
+        if failure is e:
+            raise
+        raise failure from None
     return sock
 
 

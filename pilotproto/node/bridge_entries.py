@@ -282,3 +282,36 @@ def resolve_allow(node, entries: list[str]):
                                hint="Trust it first (pilotctl handshake), or give its address.") from None
         found[str(Address.parse(matches[0]))] = text
     return found
+
+
+@defer.inlineCallbacks
+def add_entry(table: dict, key, entry, save, busy: PilotError):
+    """Start ``entry`` (its ``listen()``) and keep it in ``table`` under ``key``, saved.
+
+    ``busy`` is raised if a live entry holds ``key`` already.  Nothing is
+    kept or saved if listening fails, and the entry stops again if saving
+    does."""
+    existing = table.get(key)
+    if existing is not None and existing.listening is not None:
+        raise busy
+    yield entry.listen()  # fails (already_running) if something else listens there: nothing saved
+    table[key] = entry
+    try:
+        save()
+    except PilotError:
+        del table[key]
+        entry.stop()
+        raise
+    log.info("{what}: listening", what=entry.name)
+    return entry.describe()
+
+
+def remove_entry(table: dict, key, save, missing: PilotError) -> defer.Deferred:
+    """Stop the entry under ``key`` and save the table without it; ``missing`` if there is none."""
+    entry = table.get(key)
+    if entry is None:
+        raise missing
+    del table[key]
+    save()
+    log.info("{what}: removed", what=entry.name)
+    return entry.stop().addCallback(lambda _: {"removed": entry.describe()})

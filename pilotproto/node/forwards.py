@@ -31,7 +31,7 @@ from ..common.names import check_udp_port
 from ..common.wiring import check_provides
 from ..errors import AlreadyRunning, InvalidArgument, NotFound, PilotError
 from ..interfaces import IPilotNode
-from .bridge_entries import ExposeEntry, ForwardEntry, error_doc, resolve_allow
+from .bridge_entries import ExposeEntry, ForwardEntry, add_entry, error_doc, remove_entry, resolve_allow
 from .bridge_specs import (
     DEFAULT_BIND,
     ExposeSpec,
@@ -143,32 +143,17 @@ class Forwards(service.Service):
         names = yield resolve_allow(self._node, [check_allow_entry(a) for a in allow or ()])
         spec = ExposeSpec.checked(port, "127.0.0.1" if host is None else host, tcp_port, sorted(names))
         existing = self.expose_entries.get(spec.port)
-        if existing is not None and existing.listening is not None:
-            raise AlreadyRunning(f"port {spec.port} is already exposed (to {existing.spec.service_text})",
-                                 hint=f"Remove it first: pilotctl expose --remove {spec.port}")
+        busy = AlreadyRunning(f"port {spec.port} is already exposed (to {existing.spec.service_text if existing else ''})",
+                              hint=f"Remove it first: pilotctl expose --remove {spec.port}")
         entry = ExposeEntry(self.reactor, self._node, spec, names)
-        yield entry.listen()  # fails (already_running) if something else listens there: nothing saved
-        self.expose_entries[spec.port] = entry
-        try:
-            self._save()
-        except PilotError:
-            del self.expose_entries[spec.port]
-            entry.stop()
-            raise
-        log.info("{what}: listening", what=entry.name)
-        return entry.describe()
+        return (yield add_entry(self.expose_entries, spec.port, entry, self._save, busy))
 
     def exposes(self) -> dict:
         return {"exposes": [entry.describe() for entry in self.expose_entries.values()]}
 
     def unexpose(self, port) -> defer.Deferred:
-        entry = self.expose_entries.get(port)
-        if entry is None:
-            raise NotFound(f"port {port!r} is not exposed", hint="See them with: pilotctl expose --list")
-        del self.expose_entries[port]
-        self._save()
-        log.info("{what}: removed", what=entry.name)
-        return entry.stop().addCallback(lambda _: {"removed": entry.describe()})
+        missing = NotFound(f"port {port!r} is not exposed", hint="See them with: pilotctl expose --list")
+        return remove_entry(self.expose_entries, port, self._save, missing)
 
     # -- config.json ------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from zope.interface import implementer
 from ..common.wiring import check_provides
 from ..errors import AlreadyRunning, InvalidArgument, NotFound, PilotError
 from ..interfaces import IPilotNode
-from .bridge_entries import BridgeCounts, error_doc, resolve_allow
+from .bridge_entries import BridgeCounts, add_entry, error_doc, remove_entry, resolve_allow
 from .bridge_specs import check_allow_entry
 from .config import NodeConfig
 from .mcp_bridge import IProcessOwner, ProcessBridge
@@ -223,32 +223,16 @@ class McpServers(service.Service):
         names = yield resolve_allow(self._node, [check_allow_entry(a) for a in allow or ()])
         spec = McpServerSpec.checked(port, argv, cwd, sorted(names))
         existing = self.entries.get(spec.port)
-        if existing is not None and existing.listening is not None:
-            raise AlreadyRunning(f"port {spec.port} already serves MCP ({existing.spec.command_text})",
-                                 hint=f"Remove it first: pilotctl mcp remove --port {spec.port}")
-        entry = self._entry(spec, names)
-        yield entry.listen()  # fails (already_running) if something else listens there: nothing saved
-        self.entries[spec.port] = entry
-        try:
-            self._save()
-        except PilotError:
-            del self.entries[spec.port]
-            entry.stop()
-            raise
-        log.info("{what}: listening", what=entry.name)
-        return entry.describe()
+        busy = AlreadyRunning(f"port {spec.port} already serves MCP ({existing.spec.command_text if existing else ''})",
+                              hint=f"Remove it first: pilotctl mcp remove --port {spec.port}")
+        return (yield add_entry(self.entries, spec.port, self._entry(spec, names), self._save, busy))
 
     def servers(self) -> dict:
         return {"servers": [entry.describe() for entry in self.entries.values()]}
 
     def unserve(self, port) -> defer.Deferred:
-        entry = self.entries.get(port)
-        if entry is None:
-            raise NotFound(f"port {port!r} serves no MCP server", hint="See them with: pilotctl mcp list")
-        del self.entries[port]
-        self._save()
-        log.info("{what}: removed", what=entry.name)
-        return entry.stop().addCallback(lambda _: {"removed": entry.describe()})
+        missing = NotFound(f"port {port!r} serves no MCP server", hint="See them with: pilotctl mcp list")
+        return remove_entry(self.entries, port, self._save, missing)
 
     def _save(self) -> None:
         """Write the current servers into config.json, keeping every other setting."""
