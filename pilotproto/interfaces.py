@@ -29,7 +29,16 @@ class IDatagramSender(Interface):
         """Send ``data`` to ``destination`` (an :class:`~pilotproto.wire.Endpoint`).
 
         ``ttl`` sets the IP TTL for this datagram only (priming probes).
-        A failed send is counted and dropped: every sender retries."""
+        A failed send is counted and dropped: every sender retries.  The
+        node's socket may hold the datagram until the end of the reactor
+        turn, to send it with others to the same destination in one syscall."""
+
+    def send_many(packets, destination):
+        """Send several datagrams (in order) to one ``destination``: the data path's bursts,
+        which the socket sends in as few syscalls as the kernel allows (GSO)."""
+
+    def flush():
+        """Send now whatever ``send``/``send_many`` hold for the end of this reactor turn."""
 
 
 class IRelay(Interface):
@@ -320,6 +329,11 @@ class IPilotNode(Interface):
 
     def inbox_delete(seqs):
         """``{"deleted": N}``: remove the items with these seqs."""
+
+    def outbox(id=None, wait=0, count=100):
+        """``{"messages": [...], "queues": [...]}``: what became of the messages we sent, newest
+        first (state ``queued``, ``delivered`` via ``stream`` or ``beacon``, or ``failed``;
+        ``sealed``: a copy waits at the beacon); ``id``: that one, waiting up to ``wait`` s."""
 
     def publish(topic, data):
         """Publish ``data`` (bytes) on ``topic``; ``{"id", "topic", "size", "subscribers"}``."""

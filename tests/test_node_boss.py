@@ -66,7 +66,7 @@ def test_workers_provide_their_interfaces(tmp_path):
 
 def test_child_services_start_in_order_and_stop_in_reverse(tmp_path):
     node, reactor = _node(tmp_path)
-    assert [type(child).__name__ for child in node] == ["UDPService", "BeaconLink", "NatService", "Mail", "Forwards", "McpServers"]
+    assert [type(child).__name__ for child in node] == ["UDPService", "PunchSockets", "BeaconSet", "NatService", "Mail", "Forwards", "McpServers"]
     node.startService()
     assert [p.listening for p in reactor.udp_ports] == [True]
     assert all(child.running for child in node)

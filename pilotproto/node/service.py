@@ -19,7 +19,8 @@ The workers, and who talks to whom::
     Forwards (pilotctl forward / expose) --> IPilotNode dial / listen
 
 Things that start and stop are child services, started in this order and
-stopped in the reverse one: the UDP socket, the beacon link, NAT
+stopped in the reverse one: the UDP socket (and the extra sockets of
+birthday punches), the beacon link, NAT
 discovery, the mail (durable inbox, outbox, events), the forwards (and
 the control socket, which the layer above attaches, see
 :class:`pilotproto.control.service.ControlService`).  Sessions and trust stop
@@ -43,7 +44,9 @@ from ..errors import InvalidArgument
 from ..identity import Address, load_or_create
 from ..interfaces import IPilotNode, ITrustListener
 from ..rendezvous.cards import AgentCards
+from ..rendezvous.beacons import BeaconSet
 from ..rendezvous.link import BeaconLink
+from ..rendezvous.sealed import SealedMailReader, SealedPoster
 from ..session.sessions import Sessions
 from ..trust.manager import TrustManager
 from .config import NodeConfig, parse_fingerprint, parse_hostport, resolve_home
@@ -53,6 +56,7 @@ from .delivery import MailPeers
 from .messages import Mail
 from .nat import NatService
 from .ports import PortTable
+from .punch_sockets import PunchSockets
 from .router import DatagramRouter
 from .services import start_standard_services
 from .udp import UDPService
@@ -95,26 +99,31 @@ class PilotNode(service.MultiService):
         self._on_shutdown = on_shutdown
         self._started_at: float | None = None
         ids = RandomIds(randbytes)
-        fingerprint = self.config.beacon_fingerprint
-        self._build(ids, allow_direct, parse_fingerprint(fingerprint) if fingerprint else None)
+        self._build(ids, allow_direct)
 
-    def _build(self, ids, allow_direct, fingerprint) -> None:
+    def _build(self, ids, allow_direct) -> None:
         """Make the workers and wire them; the order of the child services is the start order."""
         config, reactor = self.config, self.reactor
         self.udp = UDPService(reactor, config.port)
-        self.link = BeaconLink(
-            reactor,
-            self.identity,
-            hostname=config.hostname,
-            public=bool(config.public),
-            beacon=parse_hostport(config.beacon),
-            tls=config.beacon_tls_hostport(),
-            ca_file=config.beacon_ca,
-            fingerprint=fingerprint,
-            udp=self.udp,
-            ids=ids,
-        )
+        #: every --beacon, one BeaconLink each, as one rendezvous (rendezvous/beacons.py)
+        self.link = BeaconSet(reactor, [
+            BeaconLink(
+                reactor,
+                self.identity,
+                hostname=config.hostname,
+                public=bool(config.public),
+                beacon=parse_hostport(beacon),
+                tls=config.beacon_tls_hostport(i),
+                ca_file=config.beacon_ca,
+                fingerprint=parse_fingerprint(pin) if (pin := config.beacon_fingerprint_of(i)) else None,
+                udp=self.udp,
+                ids=ids,
+            )
+            for i, beacon in enumerate(config.beacons)
+        ])
         self.nat = NatService(reactor, self.udp)
+        #: extra sockets a birthday punch opens (symmetric NAT <-> port-restricted cone)
+        self.punch_sockets = PunchSockets(reactor, self.nat.prober)
         self.trust = TrustManager(
             reactor,
             self.identity,
@@ -138,19 +147,23 @@ class PilotNode(service.MultiService):
             acceptor=self.ports,
             ids=ids,
             allow_direct=allow_direct,
+            punch=self.punch_sockets,
         )
         self.ports.wire(self.sessions)
         #: messages and files (port 1001) and events (port 1002), durable both ways
         self.mail = Mail(reactor, self.home, MailPeers(self.trust, self.link, self.ports), ids,
-                         config.hostname, str(self.address))
+                         config.hostname, str(self.address), poster=SealedPoster(self.identity, self.link.requests))
         start_standard_services(self.ports, self.mail.inbox, self.mail.events)
         self.router = DatagramRouter(self.link, self.nat, self.sessions)
         #: our agent card (HOME/card.json), published after every registration, and find
         self.cards = AgentCards(reactor, self.identity, self.home, self.link.requests, hostname=config.hostname)
         self.link.watch_registration(self.cards)
         self.udp.wire(self.router)
-        self.link.wire(router=self.router, mail=self.trust, observer=self.nat)
-        for child in (self.udp, self.link, self.nat, self.mail):
+        self.punch_sockets.wire(self.router)
+        # Sealed mail (store-and-forward) is read off the beacon's pushes before trust sees them.
+        beacon_mail = SealedMailReader(self.identity, self.link.requests, self.trust, sink=self.mail.forwarder)
+        self.link.wire(router=self.router, mail=beacon_mail, observer=self.nat)
+        for child in (self.udp, self.punch_sockets, self.link, self.nat, self.mail):
             child.setServiceParent(self)
         #: pilotctl forward / expose: TCP <-> overlay bridges, restored from config.json (after the UDP socket)
         self.forwarding = Forwards(reactor, self, self.home, config.forwards, config.exposes)
@@ -179,7 +192,7 @@ class PilotNode(service.MultiService):
             name=self.hostname,
             address=str(self.address),
             local=str(self.udp.local_endpoint),
-            beacon=self.config.beacon,
+            beacon=", ".join(self.config.beacons),
         )
 
     def stopService(self):
@@ -219,10 +232,14 @@ class PilotNode(service.MultiService):
             "nat_type": self.nat.nat_type,
             "beacon_transport": status["beacon_transport"],
             "beacon_error": status["beacon_error"],
+            #: every beacon's state; the single-beacon fields above are the first one's
+            "beacons": status["beacons"],
             "uptime_s": round(time.time() - self._started_at, 3) if self._started_at else 0.0,
             "pid": os.getpid(),
             "home": self.home,
             "version": __version__,
+            "udp": self.udp.status(),
+            "port_mapping": self.nat.port_mapping(),
         })
 
     def lookup(self, target: str) -> defer.Deferred:
@@ -296,6 +313,9 @@ class PilotNode(service.MultiService):
 
     def inbox_delete(self, seqs) -> defer.Deferred:
         return defer.maybeDeferred(self.mail.inbox.delete, seqs)
+
+    def outbox(self, id=None, wait=0, count=100) -> defer.Deferred:
+        return defer.maybeDeferred(self.mail.outbox_messages, id, wait, count)
 
     def publish(self, topic, data) -> defer.Deferred:
         return defer.maybeDeferred(self.mail.events.publish, topic, data)
