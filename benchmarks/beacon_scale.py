@@ -5,6 +5,14 @@ Beacon capacity: one beacon process against N simulated nodes (issue 14 item 4).
     python benchmarks/beacon_scale.py --nodes 100000 --duration 60
     python benchmarks/beacon_scale.py --store redis://127.0.0.1:6379/0   # a fleet's store
     python benchmarks/beacon_scale.py --profile            # where the beacon's time goes
+    python benchmarks/beacon_scale.py --fleet 2 --nodes 20000   # 1 beacon, then 2, on one Redis
+
+With ``--fleet N`` (N >= 2) the run is made twice on one Redis (``--store``,
+or a redis-server started here in a temporary directory, flushed between
+runs): one beacon, then N beacon processes sharing it; the nodes are split
+between the beacons (node i on beacon i mod N), so every relay pair (nodes
+2k and 2k+1) crosses beacons, and half of the lookups and handshake
+requests name a node on another beacon.  RSS and CPU are per beacon.
 
 The beacon runs as ``twistd pilot beacon`` in a subprocess on loopback; this
 process is the load: N Ed25519 keys made up front, nodes spread over a few
@@ -78,10 +86,12 @@ class Key:
 
 
 class Node:
-    __slots__ = ("index", "key", "hostname", "sock", "seq", "registered", "scheduled", "identity", "relay_key", "counter", "address")
+    __slots__ = ("index", "key", "hostname", "sock", "seq", "registered", "scheduled", "identity", "relay_key", "counter", "address", "beacon")
 
-    def __init__(self, index, key, sock, identity=None):
+    def __init__(self, index, key, sock, identity=None, beacon=None):
         self.index = index
+        #: the (host, port) of the beacon this node registers with
+        self.beacon = beacon
         self.key = key
         self.hostname = f"sim-{index}"
         self.sock = sock
@@ -113,7 +123,7 @@ def free_udp_port() -> int:
 
 
 def start_beacon(args, port: int, workdir: str, profile: str | None) -> subprocess.Popen:
-    cmd = list(TWISTD) + ["-n", "--pidfile=", "--logfile", os.path.join(workdir, "beacon.log")]
+    cmd = list(TWISTD) + ["-n", "--pidfile=", "--logfile", os.path.join(workdir, f"beacon-{port}.log")]
     if profile:
         cmd += ["--profile", profile, "--profiler", "cprofile", "--savestats"]
     cmd += ["pilot", "beacon", "--interface", "127.0.0.1", "--port", str(port)]
@@ -148,9 +158,9 @@ def rss_bytes(pid: int) -> int:
 
 
 class Load:
-    def __init__(self, args, beacon: tuple[str, int]):
+    def __init__(self, args, beacons: list):
         self.args = args
-        self.beacon = beacon
+        self.beacons = beacons
         self.socks = []
         for _ in range(min(args.sockets, args.nodes)):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -166,9 +176,11 @@ class Load:
         for i in range(args.nodes):
             sock = self.socks[i % len(self.socks)]
             identity = Identity.generate() if i < relay_nodes else None
-            self.nodes.append(Node(i, Key(rng.randbytes(32)), sock, identity))
+            self.nodes.append(Node(i, Key(rng.randbytes(32)), sock, identity, beacons[i % len(beacons)]))
         self.keygen_seconds = time.perf_counter() - t
         self.beacon_key = None
+        #: (host, port) -> that beacon's relay key (a fleet's beacons each have their own)
+        self.beacon_keys = {}
         self.counts = {}
         self.rng = rng
         #: a heap of (when, node index): every registered node keeps alive every
@@ -185,7 +197,7 @@ class Load:
 
     def send(self, node: Node, data: bytes) -> None:
         try:
-            node.sock.sendto(data, self.beacon)
+            node.sock.sendto(data, node.beacon)
         except BlockingIOError:
             self.count("send_blocked")
 
@@ -195,12 +207,12 @@ class Load:
         for s in ready:
             for _ in range(256):
                 try:
-                    data, _addr = s.recvfrom(4096)
+                    data, addr = s.recvfrom(4096)
                 except BlockingIOError:
                     break
-                self.received(data)
+                self.received(data, addr)
 
-    def received(self, data: bytes) -> None:
+    def received(self, data: bytes, source=None) -> None:
         if data[:1] != b"\xb0":
             self.count("rx_other")
             return
@@ -212,8 +224,9 @@ class Load:
         kind = (msg.request_id >> KIND_SHIFT) & 0xF
         index = msg.request_id >> NODE_SHIFT
         name = type(msg).__name__
+        if isinstance(msg, msgs.Challenge):
+            self.beacon_key = self.beacon_keys[source] = msg.beacon_key
         if isinstance(msg, msgs.Challenge) and index < len(self.nodes):
-            self.beacon_key = msg.beacon_key
             node = self.nodes[index]
             if not node.registered:
                 register = msgs.Register(node.rid(K_REGISTER), msg.nonce, node.hostname, msgs.FLAG_PUBLIC, ())
@@ -354,12 +367,12 @@ class Load:
 
     def relay_goodput(self, pairs: int, seconds: float) -> dict:
         """Payload through the beacon's UDP relay, ``pairs`` senders flat out."""
-        key = self.beacon_key
         senders, receivers = [], []
         for k in range(pairs):
             a, b = self.nodes[2 * k], self.nodes[2 * k + 1]
             for node in (a, b):
                 if node.relay_key is None:
+                    key = self.beacon_keys[node.beacon]
                     node.relay_key = relay.relay_key(node.identity.x25519_private(), key, node.identity.public_key, key)
             senders.append((a, b))
             receivers.append(b.sock)
@@ -378,7 +391,7 @@ class Load:
                 a.counter += 1
                 frame = relay.seal_to_beacon(a.relay_key, a.address, b.address, a.counter, payload)
                 try:
-                    a.sock.sendto(frame, self.beacon)
+                    a.sock.sendto(frame, a.beacon)
                     sent += 1
                 except BlockingIOError:
                     select.select([], [a.sock], [], 0.001)
@@ -413,99 +426,169 @@ def _count_relayed(conn, socks, seconds: float) -> None:
 # -- the run --------------------------------------------------------------------------------
 
 
-def measure(pid: int, action):
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+def measure(pids, action):
+    """``action()``, and the CPU seconds each of ``pids`` spent meanwhile (summed, and each)."""
+    cpu0, t0 = [cpu_seconds(p) for p in pids], time.perf_counter()
     result = action()
-    cpu, wall = cpu_seconds(pid) - cpu0, time.perf_counter() - t0
-    return result, cpu, wall
+    each = [cpu_seconds(p) - c for p, c in zip(pids, cpu0)]
+    return result, sum(each), time.perf_counter() - t0, each
 
 
-def run(args) -> dict:
+def run(args, fleet: int = 1) -> dict:
     workdir = tempfile.mkdtemp(prefix="beacon-scale-")
-    port = free_udp_port()
+    ports = [free_udp_port() for _ in range(fleet)]
     profile = os.path.join(workdir, "beacon.prof") if args.profile else None
-    load = Load(args, ("127.0.0.1", port))
-    beacon = start_beacon(args, port, workdir, profile)
-    figures = {"nodes": args.nodes, "sockets": len(load.socks), "keygen_s": round(load.keygen_seconds, 1)}
+    load = Load(args, [("127.0.0.1", p) for p in ports])
+    beacons = [start_beacon(args, port, workdir, profile if i == 0 else None) for i, port in enumerate(ports)]
+    pids = [b.pid for b in beacons]
+    extra = [args.redis_pid] if getattr(args, "redis_pid", None) else []
+    figures = {"nodes": args.nodes, "beacons": fleet, "sockets": len(load.socks), "keygen_s": round(load.keygen_seconds, 1)}
+
+    def rss():
+        return [rss_bytes(p) / 2**20 for p in pids]
+
     try:
-        wait_for_beacon(load, beacon)
-        figures["rss_idle_mib"] = rss_bytes(beacon.pid) / 2**20
-        _, cpu, wall = measure(beacon.pid, lambda: time.sleep(3))
+        for beacon, port in zip(beacons, ports):
+            wait_for_beacon(load, beacon, ("127.0.0.1", port))
+        figures["rss_idle_mib"] = rss()
+        _, cpu, wall, _ = measure(pids, lambda: time.sleep(3))
         figures["idle_cpu_pct"] = 100 * cpu / wall
-        elapsed, cpu, _ = measure(beacon.pid, lambda: load.register_all(args.window, time.perf_counter() + args.register_timeout))
+        elapsed, cpu, _, _ = measure(pids, lambda: load.register_all(args.window, time.perf_counter() + args.register_timeout))
         registered = load.counts.get("registered", 0)
         figures.update(registered=registered, registrations_per_s=registered / elapsed, register_cpu_s=cpu)
-        figures["rss_registered_mib"] = rss_bytes(beacon.pid) / 2**20
-        steady, cpu, wall = measure(beacon.pid, lambda: load.steady(args.duration, 0, 0))
+        figures["rss_registered_mib"] = rss()
+        steady, cpu, wall, each = measure(pids + extra, lambda: load.steady(args.duration, 0, 0))
+        cpu -= sum(each[len(pids):])
         figures["keepalive"] = dict(
             steady,
             beacon_cpu_pct=100 * cpu / wall,
+            cpu_pct_each=[100 * c / wall for c in each[: len(pids)]],
+            redis_cpu_pct=100 * sum(each[len(pids):]) / wall,
             cpu_pct_per_1000_nodes=100 * cpu / wall / (args.nodes / 1000),
             keepalives_per_s=steady["sent"]["keepalive"] / args.duration,
         )
-        mixed, cpu, wall = measure(beacon.pid, lambda: load.steady(args.duration, args.lookups, args.handshakes))
+        mixed, cpu, wall, each = measure(pids + extra, lambda: load.steady(args.duration, args.lookups, args.handshakes))
+        cpu -= sum(each[len(pids):])
         figures["mixed"] = dict(
             mixed,
             beacon_cpu_pct=100 * cpu / wall,
+            cpu_pct_each=[100 * c / wall for c in each[: len(pids)]],
+            redis_cpu_pct=100 * sum(each[len(pids):]) / wall,
             lookups_per_s=mixed["received"].get("rx_LookupResult", 0) / args.duration,
         )
-        figures["rss_mib"] = rss_bytes(beacon.pid) / 2**20
+        figures["rss_mib"] = rss()
         figures["relay"] = []
         for pairs in (1, args.pairs):
             load.keep_relay_nodes_alive()
-            result, cpu, wall = measure(beacon.pid, lambda p=pairs: load.relay_goodput(p, args.relay_seconds))
+            result, cpu, wall, each = measure(pids + extra, lambda p=pairs: load.relay_goodput(p, args.relay_seconds))
+            cpu -= sum(each[len(pids):])
             result["beacon_cpu_pct"] = 100 * cpu / wall
+            result["cpu_pct_each"] = [100 * c / wall for c in each[: len(pids)]]
+            result["redis_cpu_pct"] = 100 * sum(each[len(pids):]) / wall
             # On a shared machine the beacon may not get a core: goodput per
             # CPU-second it did get is its capacity, whatever the contention.
             result["mbit_per_beacon_cpu_s"] = result["mbit_s"] * wall / cpu if cpu else 0.0
             figures["relay"].append(result)
         figures["errors"] = {k: v for k, v in load.counts.items() if k.startswith("error_") or k == "send_blocked"}
     finally:
-        beacon.send_signal(signal.SIGINT)
-        try:
-            beacon.wait(30)
-        except subprocess.TimeoutExpired:
-            beacon.kill()
-            beacon.wait()
+        for beacon in beacons:
+            beacon.send_signal(signal.SIGINT)
+        for beacon in beacons:
+            try:
+                beacon.wait(30)
+            except subprocess.TimeoutExpired:
+                beacon.kill()
+                beacon.wait()
+        for s in load.socks:
+            s.close()
     if profile and os.path.exists(profile):
         figures["profile_file"] = profile
     return figures
 
 
-def wait_for_beacon(load: Load, beacon: subprocess.Popen) -> None:
-    node = load.nodes[0]
-    deadline = time.perf_counter() + 30
+def wait_for_beacon(load: Load, beacon: subprocess.Popen, address) -> None:
+    # A request id naming no node: the Challenge registers nobody.
+    hello = msgs.encode(msgs.Hello((len(load.nodes) << NODE_SHIFT) | (1 << KIND_SHIFT)))
+    sock = load.socks[0]
+    deadline = time.perf_counter() + 60
     while time.perf_counter() < deadline:
         if beacon.poll() is not None:
             raise SystemExit(f"the beacon exited with {beacon.returncode}; see its log")
-        load.send(node, msgs.encode(msgs.Hello(1 << KIND_SHIFT)))
+        sock.sendto(hello, address)
         load.drain(0.2)
-        if load.beacon_key is not None:
+        if address in load.beacon_keys:
             return
-    raise SystemExit("the beacon did not answer within 30 s")
+    raise SystemExit("the beacon did not answer within 60 s")
+
+
+# -- a fleet's Redis --------------------------------------------------------------------------
+
+
+def start_redis(workdir: str):
+    """A redis-server for the fleet runs (loopback, no persistence), and its address."""
+    import shutil
+
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            redis_command(("127.0.0.1", port), "PING")
+            return process, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("redis-server did not start")
+
+
+def redis_command(address, *words: str) -> bytes:
+    with socket.create_connection(address, timeout=5) as s:
+        s.sendall(b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w.encode()) for w in words))
+        return s.recv(65536)
+
+
+def redis_pid(url: str) -> int:
+    """The pid of the redis-server at ``url`` (from INFO), to measure its CPU too."""
+    host, port = url.split("//", 1)[1].split("/", 1)[0].split(":")
+    info = redis_command((host, int(port)), "INFO", "server").decode(errors="replace")
+    return int(info.split("process_id:", 1)[1].split()[0])
+
+
+def _mib(values) -> str:
+    return " + ".join(f"{v:.0f}" for v in values) + " MiB"
+
+
+def _pcts(values) -> str:
+    return " + ".join(f"{v:.1f}" for v in values) + " %"
 
 
 def report(figures: dict) -> None:
-    print(f"beacon against {figures['nodes']:,} simulated nodes on {figures['sockets']} UDP sockets")
+    n = figures["beacons"]
+    print(f"{n} beacon(s){' on one Redis' if figures.get('store') else ''} against {figures['nodes']:,} simulated nodes on {figures['sockets']} UDP sockets")
     print(f"  registrations/s        {figures['registrations_per_s']:,.0f}  ({figures['registered']:,} registered, "
           f"{1e6 * figures['register_cpu_s'] / max(1, figures['registered']):,.0f} µs of beacon CPU each)")
-    print(f"  RSS                    {figures['rss_idle_mib']:.0f} MiB idle, {figures['rss_registered_mib']:.0f} MiB registered, {figures['rss_mib']:.0f} MiB at the end")
-    print(f"    per node             {(figures['rss_registered_mib'] - figures['rss_idle_mib']) * 2**20 / max(1, figures['registered']):,.0f} bytes")
+    print(f"  RSS per beacon         {_mib(figures['rss_idle_mib'])} idle, {_mib(figures['rss_registered_mib'])} registered, {_mib(figures['rss_mib'])} at the end")
+    grown = sum(figures["rss_registered_mib"]) - sum(figures["rss_idle_mib"])
+    print(f"    per node             {grown * 2**20 / max(1, figures['registered']):,.0f} bytes")
     k = figures["keepalive"]
     print(f"  keepalives             {k['keepalives_per_s']:,.0f}/s sent, {k['received'].get('rx_KeepaliveAck', 0):,} acks for {k['sent']['keepalive']:,}")
-    print(f"    beacon CPU           {k['beacon_cpu_pct']:.1f} % of one core (idle beacon: {figures['idle_cpu_pct']:.1f} %), "
-          f"{k['cpu_pct_per_1000_nodes']:.3f} % per 1,000 nodes, {1e6 * k['beacon_cpu_pct'] / 100 / max(1, k['keepalives_per_s']):.0f} µs per keepalive")
+    print(f"    beacon CPU           {_pcts(k['cpu_pct_each'])} of one core (idle: {figures['idle_cpu_pct']:.1f} % in all), "
+          f"{k['cpu_pct_per_1000_nodes']:.3f} % per 1,000 nodes, {1e6 * k['beacon_cpu_pct'] / 100 / max(1, k['keepalives_per_s']):.0f} µs per keepalive"
+          + (f"; Redis {k['redis_cpu_pct']:.1f} %" if figures.get("store") else ""))
     m = figures["mixed"]
     print(f"  + lookups/handshakes   {m['lookups_per_s']:,.0f} lookups/s answered, {m['sent']['handshake']} handshake requests, "
-          f"{m['received'].get('rx_Deliver', 0)} pushes; beacon CPU {m['beacon_cpu_pct']:.1f} %")
+          f"{m['received'].get('rx_Deliver', 0)} pushes; beacon CPU {_pcts(m['cpu_pct_each'])}"
+          + (f"; Redis {m['redis_cpu_pct']:.1f} %" if figures.get("store") else ""))
     for r in figures["relay"]:
         print(f"  relay, {r['pairs']:>3} pair(s)       {r['mbit_s']:,.0f} Mbit/s goodput ({r['offered_mbit_s']:,.0f} offered, "
-              f"{r['frames_delivered']:,}/{r['frames_sent']:,} frames), beacon CPU {r['beacon_cpu_pct']:.0f} %, "
-              f"{r['mbit_per_beacon_cpu_s']:,.0f} Mbit/s per beacon core")
+              f"{r['frames_delivered']:,}/{r['frames_sent']:,} frames), beacon CPU {_pcts(r['cpu_pct_each'])}, "
+              f"{r['mbit_per_beacon_cpu_s']:,.0f} Mbit/s per beacon core" + (f"; Redis {r['redis_cpu_pct']:.0f} %" if figures.get("store") else ""))
     if figures["errors"]:
         print(f"  errors                 {figures['errors']}")
     if "profile_file" in figures:
-        print("\nwhere the beacon's time goes (cProfile, by own time):")
+        print("\nwhere the (first) beacon's time goes (cProfile, by own time):")
         pstats.Stats(figures["profile_file"]).sort_stats("tottime").print_stats(25)
 
 
@@ -521,17 +604,35 @@ def main(argv=None) -> None:
     parser.add_argument("--pairs", type=int, default=100, help="relay pairs for the many-pairs goodput (default 100)")
     parser.add_argument("--relay-seconds", type=float, default=5.0, help="seconds of each relay run (default 5)")
     parser.add_argument("--store", help="the beacon's --store (e.g. redis://127.0.0.1:6379/0, a fleet's store)")
+    parser.add_argument("--fleet", type=int, default=1, help="N >= 2: one beacon, then N beacons on one Redis, in the same run")
     parser.add_argument("--beacon-arg", action="append", default=[], help="one more argument for twistd pilot beacon (repeatable)")
     parser.add_argument("--profile", action="store_true", help="run the beacon under cProfile and print where its time goes")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
     args.pairs = max(1, min(args.pairs, args.nodes // 2))
-    figures = run(args)
+    redis = None
+    if args.fleet > 1 and not args.store:
+        redis, args.store = start_redis(tempfile.mkdtemp(prefix="beacon-scale-redis-"))
+    try:
+        args.redis_pid = redis_pid(args.store) if args.store and args.store.startswith("redis://") else None
+        runs = []
+        for fleet in ([1, args.fleet] if args.fleet > 1 else [1]):
+            if args.redis_pid:
+                host, port = args.store.split("//", 1)[1].split("/", 1)[0].split(":")
+                redis_command((host, int(port)), "FLUSHDB")
+            figures = run(args, fleet)
+            figures["store"] = args.store
+            runs.append(figures)
+            if not args.json:
+                report(figures)
+                print()
+    finally:
+        if redis is not None:
+            redis.terminate()
+            redis.wait(10)
     if args.json:
-        print(json.dumps(figures, indent=2, default=str))
-    else:
-        report(figures)
+        print(json.dumps(runs if len(runs) > 1 else runs[0], indent=2, default=str))
 
 
 if __name__ == "__main__":

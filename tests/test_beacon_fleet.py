@@ -11,7 +11,7 @@ from helpers import SignedNode
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from pilotproto.beacon.fleet import RedisFleet
+from pilotproto.beacon.fleet import SET_LIVE, RedisFleet
 from pilotproto.beacon.redis_store import DELETE_NAME, DELETE_ROW, MailRow, RedisStore, mail_field, mail_value
 from pilotproto.beacon.server import BeaconServer
 from pilotproto.wire import Endpoint
@@ -28,15 +28,30 @@ class DictRedis:
     def __init__(self):
         self.values = {}
         self.published = []
+        #: commands sent, by name (one round trip each)
+        self.calls = []
+        #: Redis is away: reads wait for a reconnection, as txredisapi's do
+        self.down = False
+
+    def _read(self, value):
+        return defer.Deferred() if self.down else defer.succeed(value)
 
     def get(self, key):
-        return defer.succeed(self.values.get(key))
+        self.calls.append("get")
+        return self._read(self.values.get(key))
+
+    def mget(self, keys):
+        self.calls.append("mget")
+        return self._read([self.values.get(k) for k in keys])
 
     def set(self, key, value, expire=None):
         self.values[key] = value
         return defer.succeed(True)
 
     def eval(self, script, keys, args):
+        if script == SET_LIVE:
+            self.values.update(zip(keys, args[1:]))
+            return defer.succeed(len(keys))
         self.values.pop(keys[0], None)
         return defer.succeed(1)
 
@@ -126,16 +141,20 @@ def test_relay_frames_for_a_node_on_the_other_beacon_are_checked_here_and_forwar
     assert a.send(a.relay_frame(b, b"first")) == []
     assert one.server.counters["fleet_relay_dropped_locating"] == 1
     assert a.send(a.relay_frame(b, b"second")) == []
+    assert a.send(a.relay_frame(b, b"third")) == []
+    clock.advance(0)  # the frames of one reactor turn go in one PUBLISH
     [(channel, message)] = redis.published
     assert channel == two.store.relay_channel("two")
     two.fleet.relayed_in(message)
-    [(forwarded, to)] = two.pushed
-    assert to == B_EP and relay.decode_from_beacon(forwarded).payload == b"second"
-    assert one.server.counters["fleet_relayed_out"] == 1 and two.server.counters["fleet_relayed_in"] == 1
+    [(second, to), (third, _)] = two.pushed
+    assert to == B_EP and relay.decode_from_beacon(second).payload == b"second"
+    assert relay.decode_from_beacon(third).payload == b"third"
+    assert one.server.counters["fleet_relayed_out"] == 2 and two.server.counters["fleet_relayed_in"] == 2
     # A forged tag is dropped by the sender's beacon: nothing crosses.
     forged = bytearray(a.relay_frame(b, b"forged"))
     forged[-1] ^= 1
     a.send(bytes(forged))
+    clock.advance(0)
     assert len(redis.published) == 1
 
 

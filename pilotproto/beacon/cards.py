@@ -9,8 +9,10 @@ roll a node back), and stores it (:mod:`pilotproto.beacon.store`) with the
 name: it is forgotten when the name is released or its hold time ends, as
 the visibility list is.  One card per key: a new version replaces the old.
 
-``FindCards`` answers with the cards of *live* registrations that match,
-and only of nodes the asker may look up: :meth:`BeaconServer.visible`,
+``FindCards`` answers with the cards of *live* registrations that match
+(in a fleet, live on any of its beacons: the cards are on every beacon, and
+which of their keys are live elsewhere is one batched Redis read per query,
+:meth:`~pilotproto.beacon.fleet.RedisFleet.find_cards`), and only of nodes the asker may look up: :meth:`BeaconServer.visible`,
 the very rule lookups and the relay use.  A private node's card is never
 in an answer to a key its visibility list does not name.  Matches are
 sorted by hostname and capped at ``MAX_FIND_RESULTS``; they come in pages
@@ -118,11 +120,14 @@ def _peer_matches(record, peer: str) -> bool:
     return record.hostname == peer.lower()
 
 
-def matching(server, requester, msg) -> list:
-    """The entries ``requester`` may see that ``msg`` asks for, sorted by hostname, capped."""
+def matching(server, requester, msg, remote=None) -> list:
+    """The entries ``requester`` may see that ``msg`` asks for, sorted by
+    hostname, capped.  ``remote``: the nodes live on other beacons of a fleet
+    (key -> :class:`~pilotproto.beacon.fleet.RemoteRecord`)."""
+    remote = remote or {}
     found = []
     for key, (signed, card) in server.cards.items():
-        record = server.registry.get(key)
+        record = server.registry.get(key) or remote.get(key)
         if record is None or not server.visible(record, requester):
             continue
         if not _peer_matches(record, msg.peer) or not matches(card, msg.tag, msg.capability, msg.text):
@@ -134,11 +139,19 @@ def matching(server, requester, msg) -> list:
     return found[:MAX_FIND_RESULTS]
 
 
-def rx_find_cards(server, msg, inbound):
-    requester, refusal = server._authenticate(msg, inbound)
-    if requester is None:
-        return refusal
-    found = matching(server, requester, msg)
+def not_live_here(server, msg) -> list:
+    """Keys whose card matches ``msg`` but that are not live on this beacon:
+    in a fleet, the ones to ask Redis about (visibility is checked after)."""
+    return [
+        key
+        for key, (signed, card) in server.cards.items()
+        if server.registry.get(key) is None and matches(card, msg.tag, msg.capability, msg.text)
+    ]
+
+
+def find_reply(server, msg, requester, inbound, remote=None) -> list:
+    """The ``FindResult`` page ``msg`` asks for (``remote`` as for :func:`matching`)."""
+    found = matching(server, requester, msg, remote)
     page, size, index = [], FIND_RESULT_OVERHEAD, msg.offset
     while index < len(found) and size + found[index].size() <= MAX_DATAGRAM:
         page.append(found[index])
@@ -148,6 +161,18 @@ def rx_find_cards(server, msg, inbound):
     next_offset = index if index < len(found) else 0
     reply = msgs.FindResult(msg.request_id, len(found), next_offset, tuple(page))
     return [(msgs.encode(reply), inbound.source)]
+
+
+def rx_find_cards(server, msg, inbound):
+    requester, refusal = server._authenticate(msg, inbound)
+    if requester is None:
+        return refusal
+    if server.fleet is not None:
+        elsewhere = not_live_here(server, msg)
+        if elsewhere:
+            # Cards of nodes perhaps live on other beacons: answered once Redis says.
+            return server.fleet.find_cards(elsewhere, msg, requester, inbound)
+    return find_reply(server, msg, requester, inbound)
 
 
 CARD_HANDLERS = {

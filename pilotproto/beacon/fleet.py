@@ -21,13 +21,21 @@ What each beacon holds, and where it comes from:
   for the relay.
 * **Relay frames** for a node live on another beacon are checked here
   (sender's tag, replay, visibility, quotas) and published on that beacon's
-  channel ``PREFIX:DB:relay:BEACON_ID``, which forwards them from its own
+  channel ``PREFIX:DB:relay:BEACON_ID`` (those of one reactor turn in one
+  message, up to ``RELAY_BATCH``), which forwards them from its own
   socket: only it has the node's NAT mapping.  A frame for a node whose
   location is not cached yet is dropped while it is looked up (the tunnel
   retransmits; the lookup that precedes a session has usually cached it).
 * **Mail** is pushed by the beacon the recipient is live on: it holds the
   mail (the fleet-wide mailbox above), hears it posted, and pushes it; the
   recipient's ack there deletes it for everyone.
+
+* **Agent cards** are held whole too; ``FindCards`` checks the liveness of
+  the matching cards' keys not live here in one ``MGET`` (:meth:`find_cards`).
+* **Redis away:** a read not answered within ``REDIS_TIMEOUT`` answers the
+  node ``unavailable`` (txredisapi itself would wait for its reconnection),
+  and an answer to a request that changed the shared state leaves only once
+  Redis acknowledged the change (:meth:`when_kept`), else ``unavailable``.
 
 Nothing here decides what a request may do: that is the server's, as for
 a single beacon.  :class:`RedisFleet` is pure bookkeeping over an injected
@@ -43,10 +51,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, Unavailable
 from ..identity import Address
 from ..wire import Endpoint
 from ..wire import relay as relay_wire
+from . import cards as cards_
 from .redis_store import ROW_READERS, IStoreListener, RedisStore, name_row
 from .store import IFleet, NameRow
 
@@ -59,6 +68,20 @@ CACHE_TTL = 5.0
 #: how long "not live anywhere" is trusted (a flood of frames to a node that
 #: is gone costs one Redis read per this many seconds)
 MISS_TTL = 1.0
+#: relay frames for one beacon published together (at least once a reactor turn)
+RELAY_BATCH = 64
+#: a read Redis has not answered in this long fails (Redis down: txredisapi
+#: would wait for its reconnection): the asker gets ``unavailable``, not silence
+REDIS_TIMEOUT = 2.0
+
+#: live registrations renewed by one command
+REFRESH_BATCH = 1000
+
+#: KEYS: live:KEY, ...  ARGV: the expiry (s), then each key's value.
+SET_LIVE = """
+for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1]) end
+return #KEYS
+"""
 
 #: KEYS: live:KEY.  ARGV: this beacon's id.  A beacon deletes only what it published.
 DELETE_OWN_LIVE = """
@@ -124,6 +147,9 @@ class RedisFleet:
         self._cache: dict = {}
         #: public key -> Deferred of a locate in flight
         self._locating: dict = {}
+        #: beacon id -> relay frames for it, published once per reactor turn
+        self._outbox: dict = {}
+        self._publishing = None
         store.set_listener(self)
 
     def connected(self, redis) -> None:
@@ -148,15 +174,24 @@ class RedisFleet:
         d.addErrback(self._failed, "publish a registration")
 
     def refresh(self) -> None:
-        """Every ``LIVE_REFRESH`` s: renew the nodes still live here, withdraw the rest."""
-        for key, published in list(self._local.items()):
+        """Every ``LIVE_REFRESH`` s: renew the nodes still live here (``REFRESH_BATCH``
+        to a command: one command per node cost ~100 µs of this beacon's CPU
+        each), withdraw the rest."""
+        keys, values = [], []
+        for key in list(self._local):
             record = self._server.registry.get(key)
             if record is None:
                 del self._local[key]
                 self._withdraw(key)
             else:
                 self._local[key] = record
-                self._publish_live(record)
+                keys.append(self._live_key(key))
+                values.append(live_value(record, self.beacon_id))
+        if self._redis is None:
+            return
+        for at in range(0, len(keys), REFRESH_BATCH):
+            d = defer.maybeDeferred(self._redis.eval, SET_LIVE, keys[at : at + REFRESH_BATCH], [LIVE_TTL, *values[at : at + REFRESH_BATCH]])
+            d.addErrback(self._failed, "renew registrations")
 
     def _withdraw(self, public_key: bytes):
         if self._redis is None:
@@ -184,7 +219,14 @@ class RedisFleet:
         return entry[1]
 
     def locate(self, public_key: bytes):
-        """A Deferred of where ``public_key`` is live in the fleet (not here), or None."""
+        """A Deferred of where ``public_key`` is live in the fleet (not here), or
+        None; None too when Redis does not answer (the relay retries)."""
+        d = self.ask(public_key)
+        return d.addErrback(lambda f: (self._failed(f, "read a registration"), None)[1])
+
+    def ask(self, public_key: bytes):
+        """As :meth:`locate`, but a Redis that does not answer within
+        ``REDIS_TIMEOUT`` fails the Deferred (with :class:`Unavailable`)."""
         cached = self.located(public_key)
         if cached is not ...:
             return defer.succeed(cached)
@@ -193,13 +235,30 @@ class RedisFleet:
             self._locating[public_key].addBoth(lambda r: (waiting.callback(r), r)[1])
             return waiting
         if self._redis is None:
-            return defer.succeed(None)
-        d = defer.maybeDeferred(self._redis.get, self._live_key(public_key))
+            return defer.fail(self._unavailable())
+        d = self._read(self._redis.get, self._live_key(public_key))
         d.addCallback(self._found, public_key)
-        d.addErrback(lambda f: (self._failed(f, "read a registration"), None)[1])
         self._locating[public_key] = d
         d.addBoth(lambda r: (self._locating.pop(public_key, None), r)[1])
         return d
+
+    def _read(self, command, *args):
+        """One read from Redis, failed with :class:`Unavailable` past ``REDIS_TIMEOUT``."""
+        d = defer.maybeDeferred(command, *args)
+        d.addTimeout(REDIS_TIMEOUT, self._clock)
+
+        def unavailable(failure):
+            self.counters["fleet_redis_unavailable"] += 1
+            raise self._unavailable() from failure.value
+
+        return d.addErrback(unavailable)
+
+    @staticmethod
+    def _unavailable() -> Unavailable:
+        return Unavailable(
+            "the node is not live on this beacon, and the beacon fleet's shared store (Redis) is not answering",
+            hint="Retry in a few seconds, or look it up through another beacon; the operator should check Redis.",
+        )
 
     def _found(self, value, public_key: bytes):
         remote = None
@@ -223,24 +282,82 @@ class RedisFleet:
         if key is not None or self._redis is None:
             return defer.succeed(key)
         # A name bound an instant ago on another beacon, whose change is still on its way.
-        d = defer.maybeDeferred(self._redis.get, self._store.key("holder", hostname))
+        d = self._read(self._redis.get, self._store.key("holder", hostname))
         return d.addCallback(lambda v: bytes.fromhex(v.decode() if isinstance(v, bytes) else v) if v else None)
 
     def lookup(self, msg, requester, inbound) -> list:
         self.counters["fleet_lookups"] += 1
         d = self._holder(msg)
-        d.addCallback(lambda key: self.locate(key) if key is not None else None)
-        d.addCallback(self._answer, msg, requester, inbound)
+        d.addCallback(lambda key: self.ask(key) if key is not None else None)
+        d.addCallbacks(
+            lambda target: self._server.lookup_answer(msg, target, requester, inbound),
+            lambda f: self._refused(f, msg, inbound),
+        )
+        d.addCallback(self._reply, inbound)
         d.addErrback(lambda f: self.log.failure("a fleet lookup failed", f))
         return []
 
-    def _answer(self, target, msg, requester, inbound) -> None:
+    def find_cards(self, keys, msg, requester, inbound) -> list:
+        """``FindCards`` whose matches include cards of ``keys``, nodes not
+        live here: which of them are live in the fleet is one ``MGET`` of their
+        liveness keys (one round trip per query), then the answer is sent."""
+        self.counters["fleet_finds"] += 1
+        if self._redis is None:
+            d = defer.fail(self._unavailable())
+        else:
+            d = self._read(self._redis.mget, [self._live_key(k) for k in keys])
+        d.addCallback(self._found_many, keys)
+        d.addCallbacks(
+            lambda remote: cards_.find_reply(self._server, msg, requester, inbound, remote),
+            lambda f: self._refused(f, msg, inbound),
+        )
+        d.addCallback(self._reply, inbound)
+        d.addErrback(lambda f: self.log.failure("a fleet find failed", f))
+        return []
+
+    def _found_many(self, values, keys) -> dict:
+        remote = {}
+        for key, value in zip(keys, values or ()):
+            record = self._found(value, key)
+            if record is not None:
+                remote[key] = record
+        return remote
+
+    def _refused(self, failure, msg, inbound) -> list:
+        failure.trap(Unavailable)
+        return self._server._refusal(msg, failure.value, inbound, authenticated=True)
+
+    def _reply(self, replies, inbound) -> None:
         server = self._server
-        replies = server.lookup_answer(msg, target, requester, inbound)
         if inbound.record is not None and not inbound.validated:
             replies = server.paths.answer(inbound.record, inbound.source, replies)
         for data, destination in replies:
             self._send(data, destination)
+
+    def when_kept(self, msg, inbound, replies) -> list:
+        """``replies`` to a request, sent once Redis acknowledged every change
+        queued so far (the request's own): a restart of Redis loses nothing
+        acknowledged to a node.  Redis silent for ``REDIS_TIMEOUT``: the
+        answer is ``unavailable`` (the change stays queued and is written when
+        Redis is back; a resent request is deduplicated)."""
+        d = self._store.written()
+        if d is None:
+            return replies
+        self.counters["fleet_answers_held"] += 1
+        d.addTimeout(REDIS_TIMEOUT, self._clock)
+
+        def unkept(failure):
+            self.counters["fleet_answers_unkept"] += 1
+            error = Unavailable(
+                "the beacon fleet's shared store (Redis) did not confirm the change in time",
+                hint="Retry in a few seconds; the operator should check Redis.",
+            )
+            return self._server._refusal(msg, error, inbound, authenticated=inbound.record is not None)
+
+        d.addCallbacks(lambda _: replies, unkept)
+        d.addCallback(lambda out: [self._send(data, destination) for data, destination in out])
+        d.addErrback(lambda f: self.log.failure("cannot answer after a write to Redis", f))
+        return []
 
     def _send(self, data: bytes, destination) -> None:
         if self._server.send is None:
@@ -268,21 +385,47 @@ class RedisFleet:
         self.counters["relayed_bytes"] += payload
         self.counters["fleet_relayed_out"] += 1
         if self._redis is not None:
-            channel = self._store.relay_channel(remote.beacon)
-            d = defer.maybeDeferred(self._redis.publish, channel, key + relay_wire.forward_from_beacon(data))
-            d.addErrback(self._failed, "pass on a relay frame")
+            frame = key + relay_wire.forward_from_beacon(data)
+            batch = self._outbox.setdefault(remote.beacon, [])
+            batch.append(len(frame).to_bytes(2, "big") + frame)
+            if len(batch) >= RELAY_BATCH:
+                self._publish(remote.beacon)
+            elif self._publishing is None:
+                self._publishing = self._clock.callLater(0, self._publish_all)
         return []
 
+    def _publish_all(self) -> None:
+        self._publishing = None
+        for beacon in list(self._outbox):
+            self._publish(beacon)
+
+    def _publish(self, beacon: str) -> None:
+        """The frames for ``beacon`` of this reactor turn, in one PUBLISH: a
+        command costs the beacon ~100 µs of txredisapi, whatever its size."""
+        frames = self._outbox.pop(beacon, None)
+        if not frames:
+            return
+        d = defer.maybeDeferred(self._redis.publish, self._store.relay_channel(beacon), b"".join(frames))
+        d.addErrback(self._failed, "pass on relay frames")
+
     def relayed_in(self, message: bytes) -> None:
-        """A frame another beacon checked, for a node live here."""
-        if len(message) < 32:
-            return
-        record = self._server.registry.get(bytes(message[:32]))
-        if record is None:
-            self.counters["fleet_relay_dropped_gone"] += 1
-            return
-        self.counters["fleet_relayed_in"] += 1
-        self._send(bytes(message[32:]), record.endpoint)
+        """Frames another beacon checked, for nodes live here: each is a u16
+        length, then the node's key (32 bytes) and the frame to forward."""
+        view, at = memoryview(message), 0
+        registry = self._server.registry
+        while at + 2 + 32 <= len(view):
+            size = int.from_bytes(view[at : at + 2], "big")
+            item = view[at + 2 : at + 2 + size]
+            at += 2 + size
+            if len(item) < 32 or len(item) != size:
+                self.counters["fleet_relay_bad_frames"] += 1
+                return
+            record = registry.get(bytes(item[:32]))
+            if record is None:
+                self.counters["fleet_relay_dropped_gone"] += 1
+                continue
+            self.counters["fleet_relayed_in"] += 1
+            self._send(bytes(item[32:]), record.endpoint)
 
     # -- what the other beacons changed ------------------------------------------------------------
 

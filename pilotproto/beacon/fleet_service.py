@@ -11,7 +11,8 @@ At start, in this order, before the beacon answers anyone:
    into the beacon's workers as a single beacon restores its SQLite state;
 4. then the listeners start (:attr:`ready` fires).
 
-While running: the store's queued writes are retried every
+While running: the store's queued writes are retried, and the quotas
+counted fleet-wide reported (:mod:`pilotproto.beacon.fleet_quotas`), every
 ``FLUSH_INTERVAL`` (nothing waits while Redis is up: each change is sent on
 the next reactor turn), and the live registrations are renewed every
 ``LIVE_REFRESH``.  If the subscriber connection drops (Redis restarted), it
@@ -31,7 +32,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .fleet import LIVE_REFRESH
+from .fleet import LIVE_REFRESH, REDIS_TIMEOUT
+from .fleet_quotas import FleetQuotas
 from .store import FLUSH_INTERVAL
 
 
@@ -75,6 +77,9 @@ class FleetService(service.Service):
         self._server = server
         self._store = store
         self.fleet = fleet
+        #: the quotas counted fleet-wide (fleet_quotas.py)
+        self.quotas = FleetQuotas(reactor, server.limits, store.prefix, server.counters, REDIS_TIMEOUT)
+        server.quotas.share(self.quotas)
         #: fires once the beacon holds the fleet's state and may answer
         self.ready = defer.Deferred()
         self._redis = None
@@ -110,6 +115,7 @@ class FleetService(service.Service):
         server.mailbox.restore(snapshot.mail)
         server.cards.restore(snapshot.cards)
         self.fleet.connected(self._redis)
+        self.quotas.connected(self._redis)
         self._flush.start(FLUSH_INTERVAL, now=False)
         self.log.info(
             "the fleet holds {names} names, {mail} mail; this beacon answers now", names=len(snapshot.names), mail=len(snapshot.mail)
@@ -141,6 +147,7 @@ class FleetService(service.Service):
 
     def _tick(self) -> None:
         self._store.flush()
+        self.quotas.flush()
         self._ticks += 1
         if self._ticks % max(1, int(LIVE_REFRESH / FLUSH_INTERVAL)) == 0:
             self.fleet.refresh()

@@ -15,6 +15,10 @@ bounded:
 * mail per recipient and per sender (:mod:`pilotproto.beacon.mailbox`),
   names in all (:mod:`pilotproto.beacon.registry`).
 
+In a fleet (``--store redis://``) the quotas a client could multiply by
+spreading over the beacons are also counted fleet-wide through an
+:class:`IQuotaShare` (:mod:`pilotproto.beacon.fleet_quotas`).
+
 Over a limit the answer is ``rate_limited`` with a retry-after (relay
 frames, which answer nothing, are dropped and counted, as a full link
 would).  Each limit is a token bucket: ``COUNT/SECONDS`` allows a burst of
@@ -32,7 +36,9 @@ import math
 import re
 
 import attrs
+from zope.interface import Interface
 
+from ..common.wiring import check_provides
 from ..errors import InvalidArgument
 
 #: entries per table of buckets keyed by a stranger's choice (bounded memory)
@@ -160,6 +166,17 @@ class Limits:
     mail_per_sender: int = 256
 
 
+class IQuotaShare(Interface):
+    """Counters shared by the beacons of a fleet, kinds ``addr``, ``prefix``,
+    ``req`` and ``relay`` (:mod:`pilotproto.beacon.fleet_quotas`)."""
+
+    def blocked(kind, who, now):
+        """Seconds ``who`` must wait because the fleet spent its ``kind`` quota (0: go)."""
+
+    def spent(kind, who, amount, now):
+        """This beacon let ``amount`` of ``kind`` through for ``who``."""
+
+
 class Quotas:
     """The buckets behind :class:`Limits`; each check returns 0 (go) or seconds to wait."""
 
@@ -169,6 +186,12 @@ class Quotas:
         self._counters = counters
         self._by_address = BucketTable(limits.register_per_address)
         self._by_prefix = BucketTable(limits.register_per_prefix)
+        #: the fleet's counters (an IQuotaShare), or None for a single beacon
+        self.shared = None
+
+    def share(self, shared) -> None:
+        """Count the quotas a client could multiply over a fleet in ``shared`` too."""
+        self.shared = check_provides(shared, IQuotaShare, "Quotas share")
 
     def new_name(self, host: str) -> float:
         """A proven source registers a name it did not hold: one token from its address and its prefix."""
@@ -176,20 +199,31 @@ class Quotas:
         address, prefix = source_keys(host)
         buckets = (self._by_address.bucket(address, now), self._by_prefix.bucket(prefix, now))
         wait = max(b.wait(now) for b in buckets)
+        shared = self.shared
+        if shared is not None:
+            wait = max(wait, shared.blocked("addr", address, now), shared.blocked("prefix", prefix, now))
         if wait:
             self._counters["limited_registrations"] += 1
             return wait
         for bucket in buckets:
             bucket.take(now)
+        if shared is not None:
+            shared.spent("addr", address, 1, now)
+            shared.spent("prefix", prefix, 1, now)
         return 0.0
 
     def request(self, record) -> float:
         now = self._clock.seconds()
         if record.requests is None:
             record.requests = TokenBucket(self.limits.requests_per_key, now)
-        wait = record.requests.take(now)
+        shared = self.shared
+        wait = shared.blocked("req", record.public_key, now) if shared is not None else 0
+        if not wait:
+            wait = record.requests.take(now)
         if wait:
             self._counters["limited_requests"] += 1
+        elif shared is not None:
+            shared.spent("req", record.public_key, 1, now)
         return wait
 
     def relay(self, sender, destination_key: bytes, size: int, now: float | None = None) -> bool:
@@ -205,11 +239,14 @@ class Quotas:
         pair = sender.relay_pairs.bucket(destination_key, now)
         node._refill(now)
         pair._refill(now)
-        if node.tokens < size or pair.tokens < size:
+        shared = self.shared
+        if node.tokens < size or pair.tokens < size or (shared is not None and shared.blocked("relay", sender.public_key, now)):
             self._counters["relay_dropped_rate_limited"] += 1
             return False
         node.tokens -= size
         pair.tokens -= size
+        if shared is not None:
+            shared.spent("relay", sender.public_key, size, now)
         return True
 
 

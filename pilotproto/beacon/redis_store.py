@@ -12,7 +12,10 @@ beacon that hears a change can rely on Redis holding it, and every beacon
 hears the changes in the order Redis applied them.  A failed write (Redis
 restarting) stays queued, in order, and is sent again by :meth:`flush`
 (every ``FLUSH_INTERVAL``); every write is idempotent, so sending one twice
-is harmless.
+is harmless.  The answer to the request that made a change waits until
+Redis acknowledged it (:meth:`written`, used by
+:meth:`~pilotproto.beacon.fleet.RedisFleet.when_kept`): an ``Ok`` means
+Redis has it, on disk with ``appendfsync always``.
 
 Names are the one thing two beacons can race for.  Redis is the referee:
 ``PREFIX:holder:HOSTNAME`` names the key that holds it, and the put-name
@@ -233,8 +236,13 @@ class RedisStore:
         self._sending = False
         self._scheduled = None
         self._muted = 0
-        #: changes Redis has acknowledged
+        #: changes Redis has acknowledged, and changes queued (both since start)
         self.writes = 0
+        self._queued = 0
+        #: changes queued when :meth:`written` was last asked
+        self._answered = 0
+        #: (changes that must be acknowledged, Deferred) for :meth:`written`
+        self._watchers: list = []
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix,) + parts)
@@ -284,7 +292,22 @@ class RedisStore:
         if self._muted:
             return
         self._queue.append(change)
+        self._queued += 1
         self._schedule()
+
+    def written(self):
+        """None if no change was queued since the last call (the request being
+        answered changed nothing: most requests) or all are acknowledged; else a
+        Deferred that fires once Redis has acknowledged every change queued so
+        far (the fleet holds the request's answer until then: an Ok means Redis
+        has it).  None too before :meth:`connected` (a fleet beacon answers
+        nobody then; sans-IO tests)."""
+        mark, self._answered = self._answered, self._queued
+        if self._redis is None or mark == self._queued or self.writes >= self._queued:
+            return None
+        d = defer.Deferred()
+        self._watchers.append((self._queued, d))
+        return d
 
     def _put(self, hash_name: str, op: str, field: str, value: str) -> None:
         self._queue_change(Change(PUT_ROW, (self.key(hash_name), self.channel), (field, value, self._event(op, field, value))))
@@ -359,12 +382,23 @@ class RedisStore:
             if not ok:
                 # Redis is away (or refused): keep this change and all after it, in order.
                 self.log.warn("cannot write to Redis ({why}); {n} changes wait", why=result.getErrorMessage(), n=len(self._queue))
+                self._tell_watchers()
                 return
             self._queue.popleft()
             self.writes += 1
             if change.name is not None and result:
                 self._lost(change.name, _text(result))
         self._schedule()
+        self._tell_watchers()
+
+    def _tell_watchers(self) -> None:
+        if not self._watchers:
+            return
+        ready = [d for target, d in self._watchers if target <= self.writes]
+        self._watchers = [(t, d) for t, d in self._watchers if t > self.writes]
+        for d in ready:
+            if not d.called:  # a watcher that timed out was cancelled
+                d.callback(None)
 
     def _lost(self, row: NameRow, winner: str) -> None:
         self.log.info("{name} is held by another key of the fleet", name=row.hostname)

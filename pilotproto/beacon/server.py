@@ -206,6 +206,9 @@ class BeaconServer:
             # Signed, but from an address that has not shown it receives for
             # this key: at most 3x what came from it, and a challenge.
             replies = self.paths.answer(inbound.record, source, replies)
+        if self.fleet is not None and replies:
+            # In a fleet, an answer leaves once Redis holds what it acknowledges.
+            replies = self.fleet.when_kept(msg, inbound, replies)
         return replies
 
     def _unauthenticated_reply(self, reply, request_size, destination):

@@ -146,6 +146,14 @@ class IFleet(Interface):
         """A relay frame (raw 0xD0 bytes) from ``sender`` to a node not live
         here: carried to the beacon that holds it; returns datagrams to send now."""
 
+    def when_kept(msg, inbound, replies):
+        """The ``replies`` to ``msg`` to send now ([] if they wait until the
+        changes the request made are kept)."""
+
+    def find_cards(keys, msg, requester, inbound):
+        """A ``FindCards`` matching cards of ``keys``, not live here: answered
+        later, once Redis says which are live elsewhere; returns datagrams to send now."""
+
 
 @implementer(IBeaconStore)
 class MemoryStore:
