@@ -188,3 +188,18 @@ async def test_subscribe_checks_the_pattern_and_says_when_no_daemon_runs(tmp_pat
         node.subscribe("news/*")
     with pytest.raises(aio.NotRunning):
         await node.subscribe("news.*").__anext__()
+
+
+@pytest.mark.asyncio
+async def test_outbox_is_one_control_request_waiting_as_long_as_asked(daemon):
+    async def outbox(args):
+        return {"messages": [{"id": args["id"], "state": "delivered", "via": "beacon", "sealed": True}],
+                "queues": [], "asked": args}
+
+    daemon.commands.update(outbox=outbox)
+    async with await aio.connect(daemon.home) as node:
+        found = await node.outbox("00000000000000aa", wait=2)
+        assert found["messages"][0]["via"] == "beacon"
+        assert found["asked"] == {"id": "00000000000000aa", "wait": 2, "count": 100}
+        assert (await node.outbox())["asked"] == {"id": None, "wait": 0, "count": 100}
+    assert [r["cmd"] for r in daemon.requests] == ["outbox", "outbox"]

@@ -172,12 +172,22 @@ class Node:
 
     async def send_message(self, peer: str, data: bytes | str, wait: float = 10) -> dict:
         """
-        Send one message: ``{"id", "peer", "address", "size", "sha256", "state"}``,
-        ``state`` ``"delivered"`` (the receiver stored it) or ``"queued"`` (the
-        daemon keeps retrying from its outbox).
+        Send one message (up to 64 KiB): ``{"id", "peer", "address", "size", "sha256", "state"}``,
+        ``state`` ``"delivered"`` (the receiver stored it within ``wait`` s; then
+        ``via`` says how: ``"stream"``, or ``"beacon"`` when its sealed copy's
+        receipt came back) or ``"queued"`` (the daemon keeps it in its outbox,
+        retries the stream, and after a few seconds leaves a sealed copy at the
+        beacons for a peer that is offline; follow it with :meth:`outbox`).
         """
         args = {"target": check_target(peer), "data": payload(data, "a message"), "wait": wait}
         return await self.request("send_message", args, timeout=wait + self.command_timeout)
+
+    async def outbox(self, id: str | None = None, wait: float = 0, count: int = 100) -> dict:
+        """What became of sent messages: ``{"messages": [{"id", "peer", "address", "state", "via",
+        "sealed", ...}], "queues": [...]}``, newest first; ``id``: that message only, waiting up to
+        ``wait`` s while it is still ``queued`` (``delivered`` ends the wait)."""
+        args = {"id": id, "wait": wait, "count": count}
+        return await self.request("outbox", args, timeout=wait + self.command_timeout)
 
     async def inbox(self, after: int = 0, count: int = 1000, timeout: float = 0, kind: str | None = None) -> dict:
         """One ``inbox`` call: ``{"messages": [item...], "last"}`` (items stay until deleted)."""

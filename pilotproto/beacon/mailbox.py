@@ -27,9 +27,15 @@ drop mail but cannot forge it.
 * Waiting mail is kept in the beacon's store, so a restart loses none.
 * Sealed mail (``SealedMail``, store-and-forward of messages and their
   receipts between nodes, :mod:`pilotproto.wire.beacon_sealed`) is mail
-  like the rest, opaque to the beacon, bound to a key from the start; it
-  has its own per-pair cap (``SEALED_PER_PAIR``: a sender may leave more
-  messages than trust requests), and counts towards every other cap.
+  like the rest, opaque to the beacon, bound to a key from the start.  A
+  large message is a group of pieces (``SealedPart``), each kept, pushed
+  and acked as its own mail (dedup by message id and piece number: a
+  resent piece replaces).  Sealed mail has caps of its own, which count
+  pieces and bytes: ``SEALED_PER_PAIR`` datagrams and
+  ``SEALED_BYTES_PER_PAIR`` bytes per (sender, recipient), and
+  ``SEALED_BYTES_PER_RECIPIENT`` / ``SEALED_BYTES_PER_SENDER``; it does not
+  count towards the trust-mail caps (a full mailbox of messages must not
+  stop a trust request), only towards ``TOTAL``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from ..common.wiring import check_provides
 from ..errors import InvalidArgument, RateLimited, Refused
 from ..identity import Address
 from ..wire import beacon as msgs
+from ..wire.beacon_sealed import SealedPart
 from .limits import BucketTable, Rate
 from .paths import IPathListener
 from .store import IBeaconStore, MailRow, MemoryStore
@@ -58,8 +65,13 @@ PUSHES_PER_NODE = Rate(64, 10)
 PER_RECIPIENT = 64
 PER_SENDER = 256
 PER_PAIR = 8
-#: sealed messages (and receipts) one sender may leave for one recipient
-SEALED_PER_PAIR = 32
+#: sealed datagrams (messages, receipts, pieces of large messages) one sender may leave for one recipient
+SEALED_PER_PAIR = 512
+#: sealed bytes one sender may leave for one recipient (about seven 64 KiB messages), for one
+#: recipient from everyone, and from one sender for everyone
+SEALED_BYTES_PER_PAIR = 512 << 10
+SEALED_BYTES_PER_RECIPIENT = 4 << 20
+SEALED_BYTES_PER_SENDER = 16 << 20
 TOTAL = 100_000
 #: what a sender over a cap is told to wait: mail leaves as recipients come online
 FULL_RETRY_AFTER = 300
@@ -98,6 +110,9 @@ class Mailbox:
         store=None,
         per_pair: int = PER_PAIR,
         sealed_per_pair: int = SEALED_PER_PAIR,
+        sealed_bytes_per_pair: int = SEALED_BYTES_PER_PAIR,
+        sealed_bytes_per_recipient: int = SEALED_BYTES_PER_RECIPIENT,
+        sealed_bytes_per_sender: int = SEALED_BYTES_PER_SENDER,
     ):
         self._clock = clock
         self._registry = registry
@@ -110,7 +125,12 @@ class Mailbox:
         self.per_sender = per_sender
         self.per_pair = per_pair
         self.sealed_per_pair = sealed_per_pair
+        self.sealed_bytes_per_pair = sealed_bytes_per_pair
+        self.sealed_bytes_per_recipient = sealed_bytes_per_recipient
+        self.sealed_bytes_per_sender = sealed_bytes_per_sender
         self.total = total
+        #: sender -> bytes of sealed mail it has waiting
+        self._sealed_from: collections.Counter = collections.Counter()
         self._boxes: dict[tuple, dict[int, Mail]] = {}
         self._from: collections.Counter = collections.Counter()
         self._count = 0
@@ -133,7 +153,10 @@ class Mailbox:
 
     def _add(self, mail: Mail) -> None:
         self._boxes.setdefault(mail.recipient, {})[mail.mail_id] = mail
-        self._from[mail.sender] += 1
+        if is_sealed(mail.dedup_key):
+            self._sealed_from[mail.sender] += len(mail.datagram)
+        else:
+            self._from[mail.sender] += 1
         self._count += 1
 
     # -- posting -----------------------------------------------------------
@@ -156,12 +179,14 @@ class Mailbox:
         for old in [m for m in self.waiting_for(recipient) if m.sender == sender and m.dedup_key == dedup_key]:
             self._drop(old)
         box = self._boxes.get(recipient, {})
-        sealed = is_sealed(dedup_key)
-        pair = sum(1 for m in box.values() if m.sender == sender and is_sealed(m.dedup_key) == sealed)
-        if pair >= (self.sealed_per_pair if sealed else self.per_pair) or len(box) >= self.per_recipient:
-            self._refuse("the recipient's mailbox at the beacon is full")
-        if self._from[sender] >= self.per_sender:
-            self._refuse("you have too much mail waiting at the beacon")
+        if is_sealed(dedup_key):
+            self._check_sealed_room(sender, box, len(datagram))
+        else:
+            pair = sum(1 for m in box.values() if m.sender == sender and not is_sealed(m.dedup_key))
+            if pair >= self.per_pair or sum(1 for m in box.values() if not is_sealed(m.dedup_key)) >= self.per_recipient:
+                self._refuse("the recipient's mailbox at the beacon is full")
+            if self._from[sender] >= self.per_sender:
+                self._refuse("you have too much mail waiting at the beacon")
         if self._count >= self.total:
             self._refuse("the beacon's mailbox is full")
         mail = Mail(int.from_bytes(os.urandom(8), "big"), sender, recipient, dedup_key, datagram, expiry)
@@ -171,6 +196,17 @@ class Mailbox:
         if recipient[0] == "key" and self._registry.get(recipient[1]) is not None:
             self._start_round(mail)
         return mail
+
+    def _check_sealed_room(self, sender: bytes, box: dict, size: int) -> None:
+        """Sealed caps, in datagrams and bytes (a large message is many pieces)."""
+        sealed = [m for m in box.values() if is_sealed(m.dedup_key)]
+        pair = [m for m in sealed if m.sender == sender]
+        if len(pair) >= self.sealed_per_pair or sum(len(m.datagram) for m in pair) + size > self.sealed_bytes_per_pair:
+            self._refuse("you have left this recipient as much sealed mail as the beacon keeps")
+        if sum(len(m.datagram) for m in sealed) + size > self.sealed_bytes_per_recipient:
+            self._refuse("the recipient's mailbox at the beacon is full")
+        if self._sealed_from[sender] + size > self.sealed_bytes_per_sender:
+            self._refuse("you have too much sealed mail waiting at the beacon")
 
     def _refuse(self, why: str):
         self._counters["mail_refused_full"] += 1
@@ -251,9 +287,10 @@ class Mailbox:
         box = self._boxes.get(mail.recipient, {})
         if box.pop(mail.mail_id, None) is not None:
             self._count -= 1
-            self._from[mail.sender] -= 1
-            if self._from[mail.sender] <= 0:
-                del self._from[mail.sender]
+            counter, size = (self._sealed_from, len(mail.datagram)) if is_sealed(mail.dedup_key) else (self._from, 1)
+            counter[mail.sender] -= size
+            if counter[mail.sender] <= 0:
+                del counter[mail.sender]
             self._store.delete_mail(mail.mail_id)
         if not box:
             self._boxes.pop(mail.recipient, None)
@@ -316,7 +353,20 @@ def rx_sealed_mail(server, msg, inbound):
     return server._post(msg, sender, ("key", msg.recipient_key), ("sealed", msg.message_id), inbound, msg.expires_at)
 
 
+def rx_sealed_part(server, msg, inbound):
+    """Keep one piece of a large sealed message; each piece is mail of its own (a resent piece replaces)."""
+    sender, refusal = server._authenticate(msg, inbound)
+    if sender is None:
+        return refusal
+    if msg.recipient_key == sender.public_key:
+        return server._error(msg, "invalid_argument", "a node cannot leave mail for itself", inbound, True)
+    server.counters["sealed_parts_posted"] += 1
+    dedup = ("sealed", msg.message_id, msg.part)
+    return server._post(msg, sender, ("key", msg.recipient_key), dedup, inbound, msg.expires_at)
+
+
 #: merged into the server's dispatch table (:mod:`pilotproto.beacon.server`)
 SEALED_HANDLERS = {
     msgs.SealedMail: rx_sealed_mail,
+    SealedPart: rx_sealed_part,
 }

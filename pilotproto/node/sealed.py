@@ -3,11 +3,13 @@ Store-and-forward: messages for trusted peers that are offline are left,
 sealed, at the beacon, and delivered when the peer comes back, even if we
 are gone by then.
 
-The sender's side: every message the outbox queues (small enough to fit a
-sealed mail, ``MAX_SEALED_BODY``) gets a timer; if the outbox has not
+The sender's side: every message the outbox queues (any size the messages
+port takes; one over ``MAX_SEALED_BODY`` goes as a group of sealed pieces,
+:mod:`pilotproto.wire.beacon_sealed`) gets a timer; if the outbox has not
 delivered it over a stream within ``seal_after`` seconds (no session formed:
-the peer is likely offline), a sealed copy is posted to the beacon
-(:class:`~pilotproto.rendezvous.sealed.SealedPoster`) and the outbox row is
+the peer is likely offline), a sealed copy is posted to every registered beacon
+(:class:`~pilotproto.rendezvous.sealed.SealedPoster`; the first that keeps
+it all is enough) and the outbox row is
 marked *sealed*.  The row stays queued, and the outbox keeps trying the
 stream too; whichever reaches the peer first wins, and the receiver's dedup
 by (sender, id) makes the other a no-op.  A beacon that refuses or does not
@@ -37,7 +39,7 @@ from ..common.wiring import check_provides
 from ..interfaces import IMailPeers
 from ..rendezvous.sealed import ISealedMailSink
 from ..trust.book import address_of
-from ..wire.beacon_sealed import KIND_MESSAGE, KIND_RECEIPT, MAX_SEALED_BODY
+from ..wire.beacon_sealed import KIND_MESSAGE, KIND_RECEIPT, MAX_ENVELOPE_BODY
 from .inbox import INBOX_PORT
 from .mailstore import NoSpace
 from .outbox import MAX_AGE, ISealer
@@ -96,8 +98,8 @@ class StoreAndForward:
     def queued(self, row: dict) -> None:
         self._running = True
         n = row["n"]
-        if row["kind"] != "message" or row["port"] != INBOX_PORT or len(row["data"]) > MAX_SEALED_BODY:
-            return  # too large to leave at a beacon: the stream only
+        if row["kind"] != "message" or row["port"] != INBOX_PORT or len(row["data"]) > MAX_ENVELOPE_BODY:
+            return  # larger than any message (files go by stream only)
         if n in self._timers:
             return
         self._timers[n] = self._clock.callLater(self.seal_after, self._seal, row)

@@ -185,10 +185,12 @@ class BeaconSet(service.MultiService):
         self._placing: collections.OrderedDict[bytes, float] = collections.OrderedDict()
 
     def wire(self, *, router, mail, observer) -> None:
-        """As :meth:`BeaconLink.wire`; NAT discovery (``observer``) hears the first beacon only."""
+        """As :meth:`BeaconLink.wire`; NAT discovery (``observer``) hears the first beacon only.
+        ``mail`` may be a function of the link, for a reader per link (it acks to that beacon)."""
         check_provides(observer, IBeaconObserver, "BeaconSet observer")
         for i, link in enumerate(self.links):
-            link.wire(router=_OwnStream(router, link), mail=mail, observer=observer if i == 0 else _NatElsewhere())
+            link.wire(router=_OwnStream(router, link), mail=mail(link) if callable(mail) else mail,
+                      observer=observer if i == 0 else _NatElsewhere())
 
     def stopService(self):
         waiters, self._waiters = self._waiters, []

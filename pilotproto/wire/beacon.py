@@ -380,7 +380,7 @@ from .beacon_cards import (  # noqa: E402  (registers types 40-49: agent cards)
     FindResult,
     SetCard,
 )
-from .beacon_sealed import MAX_SEALED, MAX_SEALED_BODY, SealedMail  # noqa: E402  (type 60: store-and-forward)
+from .beacon_sealed import MAX_SEALED, MAX_SEALED_BODY, SealedMail, SealedPart  # noqa: E402  (types 60, 61: store-and-forward)
 
 MESSAGE_TYPES = tuple(TYPES.values())
 

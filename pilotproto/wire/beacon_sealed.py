@@ -1,6 +1,6 @@
 """
-Sealed mail (beacon type 60): a message or a delivery receipt one node
-leaves at the beacon for another that is offline (store-and-forward).
+Sealed mail (beacon types 60 and 61): a message or a delivery receipt one
+node leaves at the beacon for another that is offline (store-and-forward).
 
 The outer message is an ordinary signed beacon request, so the beacon knows
 who posts it (quotas, replay) and to which key it goes, and keeps it byte
@@ -12,12 +12,25 @@ the sender's and the recipient's keys, so a recipient knows who wrote it and
 that it was written *to it* (a sealed box alone is anonymous, and a
 recipient could otherwise re-seal a signed envelope to a third node).
 
+A sealed box too large for one datagram (a message body over
+``MAX_SEALED_BODY``, up to the messages port's 64 KiB) travels as a group of
+:class:`SealedPart` (type 61): the box is cut into ``parts`` numbered
+pieces, each its own signed request (so the beacon authenticates, counts and
+keeps each like any mail), all carrying the message id and ``digest``, the
+first 16 bytes of the SHA-256 of the whole box.  The digest names the group:
+pieces of two different sealings of one message (a sender that sealed it
+again after a restart) never mix, and a joined box whose hash is not the
+digest is refused before it is opened.  :func:`split_sealed` and
+:func:`join_parts` cut and join.
+
 Sealing and opening are in :mod:`pilotproto.rendezvous.sealed`; this module
 only encodes.  Registered in the beacon type table and re-exported by
 :mod:`pilotproto.wire.beacon`.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import attrs
 
@@ -37,6 +50,17 @@ ENVELOPE_CONTEXT = b"pilotproto sealed mail v1\x00"
 ENVELOPE_FIXED = 1 + 1 + KEY_SIZE + 8 + 8 + 2 + SIG_SIZE
 #: the largest message body that can be left at a beacon
 MAX_SEALED_BODY = MAX_SEALED - SEAL_OVERHEAD - ENVELOPE_FIXED
+
+#: a group's pieces: the fixed part of a SealedPart, and the largest piece
+DIGEST_SIZE = 16
+PART_FIXED = SEALED_FIXED + DIGEST_SIZE + 2 + 2
+MAX_PART = MAX_DELIVERED - PART_FIXED
+#: the most pieces a group may have (a 64 KiB message needs about 72)
+MAX_PARTS = 128
+#: envelope version 2: the body's length is 32 bits (a body over 65,535 bytes)
+ENVELOPE_VERSION_LARGE = 2
+#: the largest body an envelope may carry (the messages port's limit, node/inbox.py MAX_MESSAGE)
+MAX_ENVELOPE_BODY = 64 * 1024
 
 KIND_MESSAGE = 1
 KIND_RECEIPT = 2
@@ -78,6 +102,83 @@ class SealedMail:
         return cls(recipient_key=recipient_key, message_id=message_id, expires_at=expires_at, sealed=sealed, **kw)
 
 
+@_message(61, signed=True)
+@attrs.frozen
+class SealedPart:
+    """node -> beacon -> node: piece ``part`` (0-based) of ``parts`` of a sealed box too
+    large for one :class:`SealedMail`; ``digest`` names the whole box (its SHA-256, cut)."""
+
+    request_id: int
+    recipient_key: bytes
+    message_id: int
+    expires_at: int
+    digest: bytes
+    part: int
+    parts: int
+    sealed: bytes
+    public_key: bytes = b"\x00" * KEY_SIZE
+    seq: int = 0
+    signature: bytes = attrs.field(default=b"\x00" * SIG_SIZE, repr=False)
+
+    def write_body(self, w: Writer) -> None:
+        if len(self.recipient_key) != KEY_SIZE:
+            raise ValueError("recipient key must be 32 bytes")
+        if len(self.digest) != DIGEST_SIZE:
+            raise ValueError(f"a group digest is {DIGEST_SIZE} bytes")
+        if not (2 <= self.parts <= MAX_PARTS and 0 <= self.part < self.parts):
+            raise ValueError(f"part {self.part} of {self.parts}: a group has 2 to {MAX_PARTS} parts")
+        if not 0 < len(self.sealed) <= MAX_PART:
+            raise ValueError(f"a sealed part is 1 to {MAX_PART} bytes")
+        w.raw(self.recipient_key).u64(self.message_id).u64(self.expires_at).raw(self.digest)
+        w.u16(self.part).u16(self.parts).blob16(self.sealed)
+
+    @classmethod
+    def read_body(cls, r: Reader, **kw):
+        recipient_key, message_id, expires_at, digest = r.take(KEY_SIZE), r.u64(), r.u64(), r.take(DIGEST_SIZE)
+        part, parts = r.u16(), r.u16()
+        if not (2 <= parts <= MAX_PARTS and part < parts):
+            raise DecodeError(f"sealed part {part} of {parts}")
+        sealed = r.blob16()
+        if not 0 < len(sealed) <= MAX_PART:
+            raise DecodeError(f"a sealed part is 1 to {MAX_PART} bytes")
+        return cls(recipient_key=recipient_key, message_id=message_id, expires_at=expires_at, digest=digest,
+                   part=part, parts=parts, sealed=sealed, **kw)
+
+
+def box_digest(box: bytes) -> bytes:
+    return hashlib.sha256(box).digest()[:DIGEST_SIZE]
+
+
+def split_sealed(recipient_key: bytes, message_id: int, expires_at: int, box: bytes) -> list:
+    """``box`` as unsigned requests: one SealedMail if it fits, else a group of SealedPart."""
+    if len(box) <= MAX_SEALED:
+        return [SealedMail(0, recipient_key, message_id, expires_at, box)]
+    parts = -(-len(box) // MAX_PART)
+    if parts > MAX_PARTS:
+        raise ValueError(f"a sealed box of {len(box)} bytes needs more than {MAX_PARTS} parts")
+    digest = box_digest(box)
+    return [SealedPart(0, recipient_key, message_id, expires_at, digest, i, parts, box[i * MAX_PART:(i + 1) * MAX_PART])
+            for i in range(parts)]
+
+
+def join_parts(pieces: dict) -> bytes:
+    """The box ``pieces`` (part -> SealedPart, every part of one group) make; DecodeError if they
+    are not one whole group (a part missing, foreign, or a box whose hash is not the digest)."""
+    if not pieces:
+        raise DecodeError("no parts")
+    first = next(iter(pieces.values()))
+    if sorted(pieces) != list(range(first.parts)):
+        raise DecodeError("a sealed group with parts missing")
+    for i, piece in pieces.items():
+        if (piece.part, piece.parts, piece.digest, piece.message_id, piece.public_key) != (
+                i, first.parts, first.digest, first.message_id, first.public_key):
+            raise DecodeError("a part of another sealed group")
+    box = b"".join(pieces[i].sealed for i in range(first.parts))
+    if box_digest(box) != first.digest:
+        raise DecodeError("a sealed group whose parts do not make its digest")
+    return box
+
+
 @attrs.frozen
 class Envelope:
     """What a sealed box holds: a message (``body``) or a receipt for message ``message_id``."""
@@ -94,10 +195,13 @@ class Envelope:
             raise ValueError(f"unknown envelope kind {self.kind}")
         if len(self.recipient_key) != KEY_SIZE:
             raise ValueError("recipient key must be 32 bytes")
-        if len(self.body) > MAX_SEALED_BODY:
-            raise ValueError(f"a sealed message body is at most {MAX_SEALED_BODY} bytes")
-        w = Writer().u8(ENVELOPE_VERSION).u8(self.kind).raw(self.recipient_key).u64(self.message_id).u64(self.created)
-        return w.blob16(self.body).bytes()
+        if len(self.body) > MAX_ENVELOPE_BODY:
+            raise ValueError(f"a sealed message body is at most {MAX_ENVELOPE_BODY} bytes")
+        # Version 1 (a 16-bit length) whenever the body allows: what one SealedMail always carried.
+        large = len(self.body) > 0xFFFF
+        w = Writer().u8(ENVELOPE_VERSION_LARGE if large else ENVELOPE_VERSION).u8(self.kind)
+        w.raw(self.recipient_key).u64(self.message_id).u64(self.created)
+        return (w.u32(len(self.body)).raw(self.body) if large else w.blob16(self.body)).bytes()
 
     def signed_bytes(self, sender_key: bytes) -> bytes:
         """The bytes the sender signs: who writes, to whom, what."""
@@ -112,13 +216,16 @@ class Envelope:
 def decode_envelope(data: bytes) -> Envelope:
     """The envelope in an opened box; DecodeError for anything malformed."""
     r = Reader(data)
-    if r.u8() != ENVELOPE_VERSION:
+    version = r.u8()
+    if version not in (ENVELOPE_VERSION, ENVELOPE_VERSION_LARGE):
         raise DecodeError("unsupported sealed envelope version")
     kind = r.u8()
     if kind not in KINDS:
         raise DecodeError(f"unknown sealed envelope kind {kind}")
     recipient_key, message_id, created = r.take(KEY_SIZE), r.u64(), r.u64()
-    body = r.blob16()
+    body = r.take(r.u32()) if version == ENVELOPE_VERSION_LARGE else r.blob16()
+    if len(body) > MAX_ENVELOPE_BODY:
+        raise DecodeError(f"a sealed message body over {MAX_ENVELOPE_BODY} bytes")
     signature = r.take(SIG_SIZE)
     r.end()
     return Envelope(kind, recipient_key, message_id, created, body, signature)
