@@ -43,6 +43,7 @@ class BeaconOptions(usage.Options):
         ["port", "p", 9000, "UDP port for registration, lookups and STUN.", _port],
         ["alt-port", None, None, "A second UDP port answering STUN (NAT behaviour discovery).", _port],
         ["interface", "i", "0.0.0.0", "Address to listen on."],
+        ["interface6", None, None, "Also listen on this IPv6 address, same port (:: for all), for nodes with IPv6."],
         ["alt-address", None, None, "A second address of this host, for NAT behaviour discovery."],
         ["tls-port", None, None, "Also listen on this TCP port with TLS, for nodes whose UDP is blocked.", _port],
         ["tls-cert", None, None, "PEM certificate (chain) for --tls-port."],
@@ -241,6 +242,7 @@ def makeService(options, reactor=None) -> service.IService:
                 state_dir=sub["state-dir"],
                 limits=limits_from_options(sub),
                 store=sub["store"],
+                interface6=sub["interface6"],
             )
         except PilotError as e:
             raise usage.UsageError(_message(e)) from None

@@ -68,10 +68,10 @@ def test_child_services_start_in_order_and_stop_in_reverse(tmp_path):
     node, reactor = _node(tmp_path)
     assert [type(child).__name__ for child in node] == ["UDPService", "PunchSockets", "BeaconSet", "NatService", "Mail", "Forwards", "McpServers"]
     node.startService()
-    assert [p.listening for p in reactor.udp_ports] == [True]
+    assert [p.listening for p in reactor.udp_ports] == [True, True]  # the IPv4 socket and the IPv6 one
     assert all(child.running for child in node)
     _result(defer.maybeDeferred(node.stopService))
-    assert [p.listening for p in reactor.udp_ports] == [False]
+    assert [p.listening for p in reactor.udp_ports] == [False, False]
     assert not any(child.running for child in node)
 
 

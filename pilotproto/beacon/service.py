@@ -8,6 +8,12 @@ listens on all four address x port combinations and answers a STUN
 CHANGE-REQUEST from the socket it asks for; ``--alt-address`` then needs a
 concrete ``--interface`` (the primary address).
 
+``--interface6`` adds an IPv6 listener on the same port (``::`` for every
+IPv6 address of the host): nodes with IPv6 register, look up and learn their
+IPv6 reflexive endpoint there.  The two sockets share the server, and each
+hands a datagram for the other family (a relayed frame, a pushed letter)
+to the other socket.
+
 ``--state-dir`` keeps names, visibility lists and mail in SQLite
 (:mod:`pilotproto.beacon.store`), written once a second and when the beacon
 stops; without it the beacon remembers nothing across a restart and says so
@@ -21,8 +27,10 @@ quotas of ``docs/security.md``.
 from __future__ import annotations
 
 import os
+import socket
 
 from twisted.application import internet, service
+from twisted.internet import udp
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -107,6 +115,68 @@ class _UDPService(internet.UDPServer):
     """A UDPServer whose port is visible once started (tests bind port 0)."""
 
 
+class _V6OnlyPort(udp.Port):
+    """An IPv6-only UDP port: a dual-stack one on ``::`` would take the IPv4
+    port too, which the IPv4 socket holds."""
+
+    def createInternetSocket(self):
+        sock = super().createInternetSocket()
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        return sock
+
+
+class _UDP6Service(service.Service):
+    """The IPv6 main socket while running."""
+
+    def __init__(self, reactor, port: int, protocol, interface: str):
+        self._reactor, self._number, self._protocol, self._interface = reactor, port, protocol, interface
+        self._port = None
+
+    def privilegedStartService(self):
+        """Binds here, with the other listeners (twistd may drop root afterwards)."""
+        service.Service.privilegedStartService(self)
+        self._listen()
+
+    def startService(self):
+        service.Service.startService(self)
+        self._listen()
+
+    def _listen(self):
+        if self._port is None:
+            self._port = _V6OnlyPort(self._number, self._protocol, self._interface, reactor=self._reactor)
+            self._port.startListening()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        port, self._port = self._port, None
+        return port.stopListening() if port is not None else None
+
+
+class _DualStackProtocol(BeaconDatagramProtocol):
+    """One of the beacon's two main sockets (IPv4 and IPv6): a datagram to
+    the other family leaves from the other socket."""
+
+    #: the main socket of the other family (set once both exist)
+    other_family: "BeaconDatagramProtocol | None" = None
+
+    def __init__(self, server, local, sockets, ipv6: bool):
+        super().__init__(server, local, sockets)
+        self.ipv6 = ipv6
+
+    def _elsewhere(self, destination):
+        if self.other_family is not None and type(destination) is Endpoint and (":" in destination.host) != self.ipv6:
+            return self.other_family
+        return None
+
+    def send(self, data: bytes, destination: Endpoint) -> None:
+        other = self._elsewhere(destination)
+        (other.send if other is not None else super().send)(data, destination)
+
+    def _forward(self, data: bytes, destination: Endpoint) -> None:
+        other = self._elsewhere(destination)
+        (other._forward if other is not None else super()._forward)(data, destination)
+
+
 class BeaconService(service.MultiService):
     def __init__(
         self,
@@ -121,6 +191,7 @@ class BeaconService(service.MultiService):
         state_dir=None,
         limits=None,
         store=None,
+        interface6=None,
     ):
         super().__init__()
         self.reactor = reactor
@@ -146,11 +217,27 @@ class BeaconService(service.MultiService):
             self.server = BeaconServer(reactor, other_address=other, primary_address=primary, limits=limits, store=store)
         #: every socket by the endpoint it answers from (CHANGE-REQUEST routing)
         self.sockets: dict[Endpoint, BeaconDatagramProtocol] = {}
-        self.protocol = BeaconDatagramProtocol(self.server, _local(interface, port), self.sockets)
+        #: the IPv6 main socket (``interface6``), or None
+        self.protocol6 = None
+        if interface6 is None:
+            self.protocol = BeaconDatagramProtocol(self.server, _local(interface, port), self.sockets)
+        else:
+            if ":" not in interface6 or ":" in interface:
+                raise InvalidArgument(
+                    f"--interface6 {interface6} needs an IPv6 address (and --interface an IPv4 one)",
+                    hint="Pass --interface6 :: to listen on every IPv6 address of this host.",
+                )
+            if not port:
+                raise InvalidArgument("--interface6 needs a fixed --port (not 0)", hint="Both families listen on the same port.")
+            self.protocol = _DualStackProtocol(self.server, _local(interface, port), self.sockets, ipv6=False)
+            self.protocol6 = _DualStackProtocol(self.server, _local(interface6, port), self.sockets, ipv6=True)
+            self.protocol.other_family, self.protocol6.other_family = self.protocol6, self.protocol
         # Mail is pushed from the main port, where nodes keep their NAT mapping open.
         self.server.send = self.protocol.send
         self._udp = _UDPService(port, self.protocol, interface=interface)
         self._udp.setServiceParent(listeners)
+        if self.protocol6 is not None:
+            _UDP6Service(reactor, port, self.protocol6, interface6).setServiceParent(listeners)
         self.alt_protocols = []
         if alt_port is not None or alt_address is not None:
             alt_interface = alt_address or interface
