@@ -77,12 +77,13 @@ def render_peers(data: dict) -> str:
 
 
 def peers_table(peers: list[dict]) -> str:
-    """One row per session: name, address, state, path tier, endpoint, RTT, traffic."""
-    rows = [("PEER", "ADDRESS", "STATE", "PATH", "ENDPOINT", "RTT", "SENT", "RECEIVED")]
+    """One row per session: name, address, state, path tier, endpoint, RTT, path MTU, traffic."""
+    rows = [("PEER", "ADDRESS", "STATE", "PATH", "ENDPOINT", "RTT", "PMTU", "SENT", "RECEIVED")]
     for p in peers:
         rtt = f"{p['rtt_ms']:.1f}ms" if p.get("rtt_ms") is not None else "-"
         rows.append(
-            (p.get("hostname") or "?", p["address"], p["state"], p["path"], p["endpoint"], rtt, _bytes(p["bytes_sent"]), _bytes(p["bytes_received"]))
+            (p.get("hostname") or "?", p["address"], p["state"], p["path"], p["endpoint"], rtt, p.get("pmtu") or "-",
+             _bytes(p["bytes_sent"]), _bytes(p["bytes_received"]))
         )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)

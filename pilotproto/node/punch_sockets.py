@@ -32,6 +32,7 @@ from ..errors import PilotError
 from ..interfaces import IDatagramRouter, IDatagramSender
 from ..session.birthday_schedule import IMappingObservations, IPunchSocket, IPunchSockets, ViaSocket
 from ..wire import Endpoint
+from .udpsock import set_dont_fragment
 
 #: punch sockets open at once, across every peer: four full birthday punches
 MAX_OPEN = 1024
@@ -50,6 +51,10 @@ class PunchSocket(DatagramProtocol):
     def listen(self, reactor, interface: str) -> None:
         """Bind to any free port (raises CannotListenError)."""
         self._port = reactor.listenUDP(0, self, interface=interface)
+        sock = getattr(self._port, "socket", None)
+        if isinstance(sock, socket.socket):
+            # The winning socket carries the session afterwards, path-MTU probes included.
+            set_dont_fragment(sock)
 
     @property
     def local_port(self) -> int | None:

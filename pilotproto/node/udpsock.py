@@ -56,6 +56,12 @@ RECV_BUFFER = 65535
 MAX_PACKETS_PER_WAKEUP = 256
 #: socket buffers we ask for (the kernel caps them at net.core.[rw]mem_max)
 SOCKET_BUFFER = 4 * 1024 * 1024
+#: Linux's IP_MTU_DISCOVER / IPV6_MTU_DISCOVER and their PMTUDISC_PROBE value (<linux/in.h>, <linux/in6.h>):
+#: every packet leaves with DF set and is never fragmented locally, and the kernel's cached
+#: path MTU (from ICMP) is not applied, so path MTU discovery's probes measure the path itself
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
 #: the environment variable that forces one syscall per packet ("0", "off", "no", "false")
 GSO_ENV = "PILOT_UDP_GSO"
 
@@ -122,6 +128,22 @@ def gro_segment_size(ancdata) -> int:
     return 0
 
 
+def set_dont_fragment(sock: socket.socket) -> bool:
+    """Set PMTUDISC_PROBE on ``sock`` (both families on an IPv6 socket: it may carry IPv4 too).
+
+    A send larger than the interface MTU then fails with EMSGSIZE (counted
+    as ``send_too_big``) instead of leaving as fragments."""
+    options = [(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER), (socket.IPPROTO_IP, IP_MTU_DISCOVER)] if sock.family == socket.AF_INET6 else [(socket.IPPROTO_IP, IP_MTU_DISCOVER)]
+    done = False
+    for level, option in options:
+        try:
+            sock.setsockopt(level, option, PMTUDISC_PROBE)
+            done = True
+        except OSError:
+            pass  # not Linux, or no IPv4 on this socket: the kernel may fragment, as before
+    return done
+
+
 def probe_gso(family: int) -> bool:
     """Whether this kernel takes ``UDP_SEGMENT`` (tried on a throw-away socket: on
     ours the option would set a default segment size for every send)."""
@@ -157,6 +179,7 @@ class SocketPort:
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             except OSError:
                 pass  # a smaller buffer only means earlier drops, which senders retry
+        self.dont_fragment = set_dont_fragment(sock)
         self.gso = batching and probe_gso(sock.family)
         self.gro = False
         if batching:
@@ -172,10 +195,15 @@ class SocketPort:
 
     @classmethod
     def listen(cls, reactor, port: int, interface: str, deliver, counters, batching: bool = True) -> "SocketPort":
-        """Bind ``interface:port`` (IPv6 if ``interface`` has a colon) and start reading."""
+        """Bind ``interface:port`` (IPv6 if ``interface`` has a colon) and start reading.
+
+        An IPv6 socket is IPv6 only (``IPV6_V6ONLY``): IPv4 has a socket of
+        its own on the same port, and a dual-stack one would clash with it."""
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((interface, port))
         except OSError:
             sock.close()
@@ -188,7 +216,7 @@ class SocketPort:
         return self._sock.getsockname()
 
     def status(self) -> dict:
-        return {"gso": self.gso, "gro": self.gro}
+        return {"gso": self.gso, "gro": self.gro, "dont_fragment": self.dont_fragment}
 
     def close(self) -> None:
         """Send what is queued, stop reading and close the socket (once)."""
@@ -359,6 +387,10 @@ class SocketPort:
     def _send_failed(self, error: OSError, packets: int, addr) -> None:
         if error.errno in _DROPPED:
             self.counters["send_dropped"] += packets
+        elif error.errno == errno.EMSGSIZE:
+            # Bigger than the interface MTU (DF, no local fragments): a lost
+            # packet; path MTU discovery's probe timer counts it as too big.
+            self.counters["send_too_big"] += packets
         else:
             # An unreachable network or a refused port is a lost datagram too.
             self.counters["send_errors"] += packets

@@ -35,10 +35,13 @@ its own overhead to size its packets.
 from __future__ import annotations
 
 import os
+import socket
 import struct
 
 from automat import MethodicalMachine
 from twisted.logger import Logger
+
+from ..wire.tunnel import DATA_HEADER_LEN, TAG_LEN
 
 BASE_MTU = 1280
 #: a path announcing more than this is not believed (the largest jumbo frames)
@@ -49,6 +52,40 @@ PROBE_TIMEOUT = 0.5
 RAISE_INTERVAL = 600.0
 #: IP + UDP header bytes, by address family
 HEADERS = {4: 28, 6: 48}
+#: what the tunnel adds to every plaintext: the data header (kind, version,
+#: receiver index, counter) and the AES-GCM tag (wire/tunnel.py, tunnel/record.py)
+TUNNEL_OVERHEAD = DATA_HEADER_LEN + TAG_LEN
+#: Linux's IP_MTU and IPV6_MTU (<linux/in.h>, <linux/in6.h>); Python names only some
+IP_MTU = getattr(socket, "IP_MTU", 14)
+IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
+
+
+def family_of(host: str) -> int:
+    return 6 if ":" in host else 4
+
+
+def plaintext_size(mtu: int, family: int) -> int:
+    """The largest tunnel plaintext whose whole IP packet is ``mtu`` bytes."""
+    return mtu - HEADERS[family] - TUNNEL_OVERHEAD
+
+
+def route_mtu(host: str, port: int) -> int | None:
+    """The MTU of the local route towards ``host`` (the interface's, or a smaller
+    per-route one), capped at MAX_MTU; None when the kernel cannot say.
+
+    A throw-away UDP socket is connected (no packet is sent) and asked for
+    IP_MTU, as the kernel answers only for a connected socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, port))
+            if family == socket.AF_INET6:
+                mtu = sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+            else:
+                mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+    except OSError:
+        return None
+    return min(int(mtu), MAX_MTU)
 
 
 class PathMtu:

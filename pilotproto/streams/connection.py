@@ -26,6 +26,7 @@ from ..wire.codec import DecodeError
 from . import frames, receiving, sending
 from .ackfreq import AckFrequency
 from .bbr import BBR
+from .blackhole import SMALL_PACKET, BlackHoleDetector, resize
 from .errors import CODE_REFUSED, CODE_TOO_MANY_STREAMS, ConnectionClosed, DatagramTooLarge
 from .flow import INITIAL_CONNECTION_CREDIT, INITIAL_STREAM_CREDIT, ReceiveWindow, SendCredit, WindowTuner
 from .frames import ACK, ACK_FREQUENCY, DATAGRAM, MAX_DATA, MAX_STREAM_DATA, PING, RESET_STREAM, STOP_SENDING, STREAM
@@ -104,6 +105,8 @@ class StreamConnection:
         self._loss_call = None
         self._pace_call = None
         self._receiving = False
+        self.on_black_hole = None  # full-size packets vanish, small ones arrive: blackhole.py
+        self.black_holes = BlackHoleDetector(SMALL_PACKET, self._black_hole)
         self._start()
 
     def _start(self) -> None:
@@ -138,10 +141,12 @@ class StreamConnection:
 
     def set_max_packet(self, size: int) -> None:
         """From now on every packet is at most ``size`` bytes (path MTU discovery moved it)."""
-        if size < 128:
-            raise ValueError("max_packet must be at least 128 bytes")
-        self.max_packet = self.pacer.max_packet = self.recovery.cc.max_packet = self.ack_frequency.max_packet = size
-        self.max_datagram = size - frames.HEADER_SIZE - frames.DATAGRAM_OVERHEAD
+        resize(self, size)
+
+    def _black_hole(self) -> None:
+        self.stats["black_holes"] += 1
+        if self.on_black_hole is not None:
+            self.on_black_hole()
 
     # -- application API -----------------------------------------------------
 
@@ -338,6 +343,7 @@ class StreamConnection:
             recovery.max_ack_delay = delay  # the peer acknowledges this soon from now on
         if lost:
             self._lost(lost)
+        self.black_holes.on_acked(acked)
         if acked:
             self.stats["cwnd"] = int(cc.cwnd)
             self.stats["srtt_us"] = int(recovery.smoothed_rtt * 1e6)
@@ -347,6 +353,7 @@ class StreamConnection:
 
     def _lost(self, lost: list) -> None:
         self._scheduler.lost(lost)
+        self.black_holes.on_lost(lost)
 
     def _ack_timer(self) -> None:
         self._ack_call = None
@@ -367,6 +374,7 @@ class StreamConnection:
             self._lost(lost)
         if probe:
             self.stats["probe_timeouts"] += 1
+            self.black_holes.on_probe_timeout(self.max_packet)
             self._probes = 2
             # Probe with the oldest unacknowledged data, so a lost tail is repaired at once.
             for packet in self.recovery.oldest_in_flight(1):

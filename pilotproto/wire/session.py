@@ -17,7 +17,15 @@ type   name          body
 0x07   Birthday      ``flags u8`` (bit 0: this is the reply), ``attempt u32``,
                      ``sockets u16``, ``host text8``, ``observed`` u8 count
                      then that many ``u16`` ports
+0x08   MtuProbe      ``nonce u64``, then zero padding to the probed size
+0x09   MtuAck        ``nonce u64``, ``size u16`` (the probe's plaintext length)
 =====  ============  ==============================================
+
+``MtuProbe`` and ``MtuAck`` are path MTU discovery
+(:mod:`pilotproto.session.pmtu`): the probe is padded so that its whole IP
+packet is exactly the size being tried, is sent on the direct path only,
+and the peer answers with a small ``MtuAck`` echoing the nonce and the
+plaintext length it received (padding is never interpreted).
 
 ``Birthday`` coordinates a birthday punch (:mod:`pilotproto.session.birthday`):
 the side behind a symmetric NAT has opened ``sockets`` sockets and primed
@@ -39,6 +47,9 @@ import attrs
 from .codec import DecodeError, Reader, Writer
 
 PING, PONG, PATH_PROBE, PATH_ACK, CLOSE, CALL_ME_MAYBE, BIRTHDAY = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
+MTU_PROBE, MTU_ACK = 0x08, 0x09
+#: an MtuProbe's type byte and nonce: its smallest plaintext (padding fills the rest)
+MTU_PROBE_HEAD = 9
 #: observed ports a Birthday message may carry
 MAX_OBSERVED = 8
 CLOSE_REVOKED = 1
@@ -94,6 +105,22 @@ class Birthday:
     observed: tuple = ()
 
 
+@attrs.frozen
+class MtuProbe:
+    """Is a packet this big carried?  ``size`` is the whole plaintext length (padded with zeros)."""
+
+    nonce: int
+    size: int = MTU_PROBE_HEAD
+
+
+@attrs.frozen
+class MtuAck:
+    """Your probe ``nonce`` arrived, with ``size`` bytes of plaintext."""
+
+    nonce: int
+    size: int
+
+
 def encode(msg) -> bytes:
     w = Writer()
     if isinstance(msg, (Ping, Pong)):
@@ -110,6 +137,13 @@ def encode(msg) -> bytes:
         w.u8(BIRTHDAY).u8(1 if msg.reply else 0).u32(msg.attempt).u16(msg.sockets).text8(msg.host).u8(len(msg.observed))
         for port in msg.observed:
             w.u16(port)
+    elif isinstance(msg, MtuProbe):
+        if not MTU_PROBE_HEAD <= msg.size <= 0xFFFF:
+            raise ValueError(f"an MtuProbe is {MTU_PROBE_HEAD} to 65535 bytes, not {msg.size}")
+        w.u8(MTU_PROBE).u64(msg.nonce)
+        return w.bytes() + bytes(msg.size - MTU_PROBE_HEAD)
+    elif isinstance(msg, MtuAck):
+        w.u8(MTU_ACK).u64(msg.nonce).u16(msg.size)
     else:
         raise TypeError(f"not a session message: {msg!r}")
     return w.bytes()
@@ -137,6 +171,11 @@ def decode(data: bytes):
         if count > MAX_OBSERVED:
             raise DecodeError("too many observed ports in a Birthday message")
         msg = Birthday(bool(flags), attempt, sockets, host, tuple(r.u16() for _ in range(count)))
+    elif kind == MTU_PROBE:
+        # Padding is whatever follows the nonce: never interpreted, only counted.
+        return MtuProbe(r.u64(), len(data))
+    elif kind == MTU_ACK:
+        msg = MtuAck(r.u64(), r.u16())
     else:
         raise DecodeError(f"unknown session message type {kind}")
     r.end()

@@ -60,7 +60,7 @@ def test_real_datagrams_arrive_the_same_with_and_without_batching(batching):
         assert sender_counters["packets_sent"] == len(packets) + 1
         assert receiver_counters["datagrams"] == len(packets)
         if batching:
-            assert sender.status() == {"gso": True, "gro": True}
+            assert sender.status()["gso"] is True and sender.status()["gro"] is True
             # 150 full packets in 64 KiB bursts (53 each) + the tail packet riding on the last one + 1 ack run
             assert sender_counters["send_syscalls"] < 10 and sender_counters["gso_bursts"] >= 3
             assert receiver_counters["recv_syscalls"] < 10
@@ -105,7 +105,8 @@ def test_a_stream_arrives_byte_exact_with_and_without_batching(tmp_path, monkeyp
         info = yield a.info()
         udp = info["udp"]
         assert udp["gso"] is batching and udp["gro"] is batching and udp["batching"] is batching
-        assert udp["packets_sent"] > 3000
+        # Path MTU discovery may raise the packet size to 9216 on loopback: 4 MiB is still 450+ packets.
+        assert udp["packets_sent"] > len(data) // 9216
         if batching:
             # Most packets leave in bursts: far fewer syscalls than packets.
             assert udp["gso_bursts"] > 0 and udp["send_syscalls"] < udp["packets_sent"]
