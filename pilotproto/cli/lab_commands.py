@@ -13,6 +13,7 @@ from .output import CheckFailed, CommandFailed, Progress
 
 def run_lab_matrix(args, ctx) -> dict:
     from ..lab import NAT_KINDS
+    from ..lab.cgn_cells import CGN_CELLS
     from ..lab.matrix import pairs_of, run_matrix
 
     kinds = NAT_KINDS if not args.kinds else tuple(k.strip() for k in args.kinds.split(",") if k.strip())
@@ -22,8 +23,10 @@ def run_lab_matrix(args, ctx) -> dict:
     if not (0 <= args.loss < 50):
         raise InvalidArgument("--loss is a percentage from 0 to 50")
     check_lab_prerequisites()
-    total = len(pairs_of(kinds))
-    ctx.out.note(f"Building a lab: a beacon and two sites per NAT kind ({len(kinds) * 2} sites), {total} pairs; loss {args.loss:g}%")
+    cells = CGN_CELLS if args.cgn else ()
+    total = len(pairs_of(kinds)) + len(cells)
+    extra = f", plus {len(cells)} carrier-grade NAT cells" if cells else ""
+    ctx.out.note(f"Building a lab: a beacon and two sites per NAT kind ({len(kinds) * 2} sites){extra}, {total} pairs; loss {args.loss:g}%")
     # Each pair is printed once, in the table at the end; on a terminal a
     # transient line counts them as they finish.
     progress = Progress(ctx.out.progress_stream(), total, unit="pairs")
@@ -34,7 +37,7 @@ def run_lab_matrix(args, ctx) -> dict:
         failed = sum(not r.ok for r in results)
         progress.update(len(results), note=f"{failed} failed" if failed else "")
 
-    run_matrix(kinds, loss=args.loss / 100.0, progress=finished)
+    run_matrix(kinds, loss=args.loss / 100.0, progress=finished, cgn_cells=cells)
     progress.done()
     data = {"loss_pct": args.loss, "pairs": [r.as_dict() for r in results], "ok": all(r.ok for r in results)}
     failed = [r for r in results if not r.ok]
@@ -90,3 +93,4 @@ def add_commands(commands, subcommand, global_options) -> None:
     matrix = subcommand(actions, "matrix", "ping between every pair of NAT kinds and show the path each got", run_lab_matrix, render_lab_matrix)
     matrix.add_argument("--loss", type=float, default=0.0, metavar="PCT", help="random packet loss on every router, in percent")
     matrix.add_argument("--kinds", metavar="K1,K2,...", help="NAT kinds to include (default: all seven)")
+    matrix.add_argument("--cgn", action="store_true", help="add the carrier-grade NAT cells (homes behind a CGN, hairpinning)")

@@ -13,7 +13,11 @@ host's real network.  "Public" addresses come from the documentation ranges
   :meth:`Lab.change_public_address`;
 * 192.0.2.0/24    one /28 per "none" site, whose hosts are public;
 * 10.(i+1).0.0/24 the private LAN behind NAT site i; it exists only inside
-  that site's namespaces.
+  that site's namespaces;
+* 100.64.k.0/24   the inside of carrier-grade NAT k (RFC 6598 shared address
+  space): CGN router .1, home router j at .4j+2 (.4j+3 to .4j+5 kept for
+  :meth:`Lab.change_public_address`).  CGN k's own uplink is the /29 of site
+  index 31-k, counted down from the top so sites and CGNs never meet.
 """
 
 from __future__ import annotations
@@ -72,3 +76,33 @@ def lan_host(lan: ipaddress.IPv4Network, host_index: int) -> str:
     if not 0 <= host_index < MAX_HOSTS_PER_SITE:
         raise ValueError(f"host index {host_index} outside 0..{MAX_HOSTS_PER_SITE - 1}")
     return str(lan[2 + host_index])
+
+
+MAX_CGNS = 8
+MAX_SITES_PER_CGN = 60
+_CGN_SPACE = ipaddress.ip_network("100.64.0.0/10")
+
+
+def cgn_uplink_index(cgn_index: int) -> int:
+    """The uplink /29 (as a site index) of carrier-grade NAT ``cgn_index``."""
+    if not 0 <= cgn_index < MAX_CGNS:
+        raise ValueError(f"CGN index {cgn_index} outside 0..{MAX_CGNS - 1}")
+    return MAX_SITES - 1 - cgn_index
+
+
+def cgn_inside(cgn_index: int) -> ipaddress.IPv4Network:
+    """The shared-address-space /24 behind carrier-grade NAT ``cgn_index``."""
+    if not 0 <= cgn_index < MAX_CGNS:
+        raise ValueError(f"CGN index {cgn_index} outside 0..{MAX_CGNS - 1}")
+    return ipaddress.ip_network((int(_CGN_SPACE.network_address) + 256 * cgn_index, 24))
+
+
+def cgn_gateway(cgn_index: int) -> str:
+    return str(cgn_inside(cgn_index)[1])
+
+
+def cgn_home_address(cgn_index: int, slot: int, generation: int = 0) -> str:
+    """Home router ``slot``'s address behind CGN ``cgn_index`` after ``generation`` rebinds."""
+    if not 0 <= slot < MAX_SITES_PER_CGN:
+        raise ValueError(f"home slot {slot} outside 0..{MAX_SITES_PER_CGN - 1}")
+    return str(cgn_inside(cgn_index)[2 + 4 * slot + generation % REBIND_ADDRESSES])

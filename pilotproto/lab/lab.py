@@ -24,7 +24,8 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pilotproto.lab import addressing, netns, ruleset
+from pilotproto.lab import addressing, cgn, netns, ruleset
+from pilotproto.lab.cgn import CGN
 from pilotproto.lab.errors import LabError
 from pilotproto.lab.netns import Namespace
 
@@ -75,6 +76,9 @@ class Site:
     mapping_timeout: int
     hosts: list[Host] = field(default_factory=list)
     generation: int = 0
+    #: the carrier-grade NAT this site's router sits behind, if any, and its place there
+    behind: "CGN | None" = None
+    slot: int = 0
 
 
 _open_labs: "weakref.WeakSet[Lab]" = weakref.WeakSet()
@@ -95,6 +99,7 @@ class Lab:
         if not self.lab_id.isalnum():
             raise LabError(f"lab id {self.lab_id!r} must be letters and digits only")
         self.sites: list[Site] = []
+        self.cgns: list[CGN] = []
         self._namespaces: list[Namespace] = []
         self._processes: list[subprocess.Popen] = []
         self._public_sites = 0
@@ -130,8 +135,15 @@ class Lab:
         loss: float = 0.0,
         reorder: float = 0.0,
         mapping_timeout: int | None = None,
+        behind: CGN | None = None,
+        mtu: int | None = None,
     ) -> Site:
         """A new site behind a NAT of kind ``nat`` with ``hosts`` hosts.
+
+        ``behind`` (from :meth:`add_cgn`) puts the site router's uplink on
+        that carrier-grade NAT's inside instead of the core: two NAT layers.
+
+        ``mtu`` sets the MTU of every link of the site (uplink, LAN, hosts).
 
         ``loss`` and ``reorder`` are per-packet fractions applied to every
         packet the site router forwards; ``mapping_timeout`` (seconds)
@@ -145,8 +157,10 @@ class Lab:
         if not 1 <= hosts <= addressing.MAX_HOSTS_PER_SITE:
             raise LabError(f"a site holds 1 to {addressing.MAX_HOSTS_PER_SITE} hosts, not {hosts}")
         index = len(self.sites)
-        if index >= addressing.MAX_SITES:
-            raise LabError(f"a lab holds at most {addressing.MAX_SITES} sites")
+        if index >= addressing.MAX_SITES - len(self.cgns):
+            raise LabError(f"a lab holds at most {addressing.MAX_SITES} sites and carrier-grade NATs together")
+        if behind is not None:
+            cgn.check_behind(behind, self.cgns, nat, reorder)
         if nat == "none":
             if self._public_sites >= addressing.MAX_PUBLIC_SITES:
                 raise LabError(f"a lab holds at most {addressing.MAX_PUBLIC_SITES} sites without NAT")
@@ -162,14 +176,17 @@ class Lab:
             index=index,
             nat=nat,
             router=router,
-            public_address=addressing.public_address(index),
+            public_address=addressing.public_address(index) if behind is None else addressing.cgn_home_address(behind.index, len(behind.sites)),
             lan=str(lan),
             loss=loss,
             reorder=reorder,
             mapping_timeout=timeout,
         )
         self.sites.append(site)
-        self._build_uplink(site)
+        if behind is None:
+            self._build_uplink(site)
+        else:
+            cgn.attach_home(site, behind)
         self._build_lan(site, lan, hosts)
         router.sysctl(
             net__ipv4__ip_forward=1,
@@ -177,7 +194,36 @@ class Lab:
             net__netfilter__nf_conntrack_udp_timeout_stream=timeout,
         )
         router.nft(ruleset.site_ruleset(nat, site.public_address, loss, timeout))
+        if mtu is not None:
+            self._set_mtu(site, mtu)
         return site
+
+    def _set_mtu(self, site: Site, mtu: int) -> None:
+        """``mtu`` on every link of ``site``: its uplink (both ends), LAN bridge and hosts (path MTU tests)."""
+        if not 576 <= mtu <= 9216 or site.reorder or site.behind is not None:
+            raise LabError(f"mtu={mtu!r}: 576 to 9216, on a site with no reorder box and no carrier-grade NAT")
+        links = [(self.core, site.name), (site.router, "wan")]
+        links += [(site.router, f"port{i}") for i in range(len(site.hosts))] + [(site.router, "lan")]
+        links += [(host.namespace, "eth0") for host in site.hosts]
+        for ns, dev in links:
+            ns.ip("link", "set", "dev", dev, "mtu", str(mtu))
+
+    def add_cgn(self, nat: str, hairpin: bool = False, mapping_timeout: int | None = None) -> CGN:
+        """A carrier-grade NAT of kind ``nat`` on the core; give it to
+        ``add_site(..., behind=cgn)`` to put home routers behind it.
+
+        ``hairpin=True`` (cone kinds only) lets two homes behind it reach each
+        other at their public endpoints; without it such packets die at the CGN.
+        """
+        self._check_open()
+        index = len(self.cgns)
+        cgn.check_new(nat, hairpin, index, len(self.sites))
+        name = f"c{index}"
+        timeout = mapping_timeout or DEFAULT_MAPPING_TIMEOUT
+        unreplied = UNREPLIED_UDP_TIMEOUT if mapping_timeout is None else timeout
+        made = cgn.build(self.core, self._namespace(f"{name}r"), name, index, nat, hairpin, timeout, unreplied)
+        self.cgns.append(made)
+        return made
 
     def popen(self, host: "Host | Namespace", argv: list[str], **popen_kwargs) -> subprocess.Popen:
         """Start ``argv`` inside ``host``'s namespace; :meth:`close` stops it.
@@ -197,8 +243,8 @@ class Lab:
         run_kwargs.setdefault("env", _child_env())
         return subprocess.run(_namespace_of(host).exec_argv(list(argv)), **run_kwargs)
 
-    def flush_nat(self, site: Site) -> None:
-        """Forget every NAT mapping of ``site`` (like a NAT reboot)."""
+    def flush_nat(self, site: "Site | CGN") -> None:
+        """Forget every NAT mapping of ``site`` or of a CGN (like a NAT reboot)."""
         self._check_open()
         for kind, name in ruleset.dynamic_sets(site.nat):
             site.router.run(["nft", "flush", kind, "ip", ruleset.TABLE, name])
@@ -215,8 +261,12 @@ class Lab:
             raise LabError(f"site {site.name} has no NAT, so it has no public address of its own to change")
         old = site.public_address
         site.generation += 1
-        new = addressing.public_address(site.index, site.generation)
-        prefix = addressing.uplink(site.index).prefixlen
+        if site.behind is None:
+            new = addressing.public_address(site.index, site.generation)
+            prefix = addressing.uplink(site.index).prefixlen
+        else:
+            new = addressing.cgn_home_address(site.behind.index, site.slot, site.generation)
+            prefix = addressing.cgn_inside(site.behind.index).prefixlen
         site.router.ip("addr", "add", f"{new}/{prefix}", "dev", "wan")
         site.router.ip("addr", "del", f"{old}/{prefix}", "dev", "wan")
         site.public_address = new

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import attrs
 
 from ..errors import PilotError
+from .cgn_cells import Cell, Side, cell_expected
 from .lab import Lab
 from .pilot import LabBeacon, LabNode
 from .ruleset import NAT_KINDS
@@ -110,8 +111,10 @@ def _can_look_up(x: LabNode, y: LabNode) -> bool:
         return False
 
 
-def measure_pair(x: LabNode, y: LabNode, a: str, b: str, pings: int = 4, settle: float = 6.0, lossy: bool = False) -> PairResult:
-    result = PairResult(a, b, expected_path(a, b), sent=pings, lossy=lossy)
+def measure_pair(
+    x: LabNode, y: LabNode, a: str, b: str, pings: int = 4, settle: float = 6.0, lossy: bool = False, expected: str | None = None
+) -> PairResult:
+    result = PairResult(a, b, expected or expected_path(a, b), sent=pings, lossy=lossy)
     try:
         establish_trust(x, y)
         started = time.monotonic()
@@ -152,8 +155,11 @@ def pairs_of(kinds) -> list[tuple[str, str]]:
     return list(itertools.combinations_with_replacement(kinds, 2))
 
 
-def run_matrix(kinds=NAT_KINDS, loss: float = 0.0, workdir: str | None = None, progress=lambda result: None, workers: int = 6) -> list[PairResult]:
-    """Build a lab, run every pair of ``kinds``, and return one result per pair."""
+def run_matrix(
+    kinds=NAT_KINDS, loss: float = 0.0, workdir: str | None = None, progress=lambda result: None, workers: int = 6, cgn_cells=()
+) -> list[PairResult]:
+    """Build a lab, run every pair of ``kinds`` and every cell of ``cgn_cells``
+    (e.g. :data:`~pilotproto.lab.cgn_cells.CGN_CELLS`), one result per pair."""
     workdir = workdir or tempfile.mkdtemp(prefix="pilot-matrix-")
     results: list[PairResult] = []
     with Lab() as lab:
@@ -166,6 +172,8 @@ def run_matrix(kinds=NAT_KINDS, loss: float = 0.0, workdir: str | None = None, p
                 site = lab.add_site(kind, loss=loss)
                 nodes[kind].append(LabNode(lab, site.hosts[0], workdir, f"{_short(kind)}-{n}", beacon))
         everyone = [node for pair in nodes.values() for node in pair]
+        cells = [_build_cell(lab, beacon, workdir, i, cell, loss) for i, cell in enumerate(cgn_cells)]
+        everyone += [node for _, x, y in cells for node in (x, y)]
         for node in everyone:
             node.start(wait_registered=False)
         for node in everyone:
@@ -179,6 +187,9 @@ def run_matrix(kinds=NAT_KINDS, loss: float = 0.0, workdir: str | None = None, p
             for a, b in pairs_of(kinds):
                 x, y = nodes[a][0], nodes[b][1]
                 jobs.append(pool.submit(measure_pair, x, y, a, b, pings=10 if loss else 4, settle=12.0 if loss else 6.0, lossy=bool(loss)))
+            for cell, x, y in cells:
+                expected = cell_expected(cell, expected_path)
+                jobs.append(pool.submit(measure_pair, x, y, cell.a.label, cell.b.label, pings=10 if loss else 4, settle=12.0 if loss else 6.0, lossy=bool(loss), expected=expected))
             for job in jobs:
                 result = job.result()
                 progress(result)
@@ -187,6 +198,18 @@ def run_matrix(kinds=NAT_KINDS, loss: float = 0.0, workdir: str | None = None, p
             node.stop()
         beacon.kill()
     return results
+
+
+def _build_cell(lab: Lab, beacon: LabBeacon, workdir: str, number: int, cell: Cell, loss: float):
+    """The CGN(s), home sites and two (unstarted) nodes of one CGN cell."""
+    shared = lab.add_cgn(cell.a.cgn, hairpin=cell.a.hairpin) if cell.shared else None
+
+    def side(s: Side, letter: str) -> LabNode:
+        cgn = shared or (lab.add_cgn(s.cgn, hairpin=s.hairpin) if s.cgn else None)
+        site = lab.add_site(s.home, loss=loss, behind=cgn)
+        return LabNode(lab, site.hosts[0], workdir, f"cgn{number}{letter}", beacon)
+
+    return cell, side(cell.a, "a"), side(cell.b, "b")
 
 
 _SHORT = {

@@ -38,6 +38,14 @@ in (address-and-port-dependent filtering).  The other kinds are built on top:
   outbound packet (RFC 4787 REQ-6), like a real NAT's bindings.
 
 * ``udp-blocked``: UDP is dropped in forward, TCP is NATed by conntrack.
+* hairpinning (``hairpin_lan``, cone kinds only, used by carrier-grade NATs
+  whose inside holds several home routers): a packet from the inside to the
+  router's own public address and a mapped port is DNATed to that mapping's
+  inside endpoint and SNATed to the *sender's* mapping, so the receiver sees
+  the sender's public endpoint, as from anywhere else (RFC 4787 REQ-9).  The
+  filtering set is not consulted for hairpinned packets: the home NAT behind
+  each side still filters.  Without it such a packet is addressed to the
+  router itself and dies there, as at a CGN that does not hairpin.
 * ``none``: the router only routes.
 
 Loss is ``numgen random`` in the forward chain, so it hits each forwarded
@@ -63,6 +71,8 @@ LOSS_SCALE = 10000
 #: a sequential NAT hands out SEQUENTIAL_BASE, SEQUENTIAL_BASE + 1, ... and wraps
 SEQUENTIAL_BASE = 20000
 SEQUENTIAL_PORTS = 4096
+#: packet mark of a hairpinned packet, from prerouting (DNAT) to postrouting (SNAT)
+HAIRPIN_MARK = 0x4850
 
 # What an unsolicited inbound packet must match to reach the inside host.
 _FILTER_KEYS = {
@@ -87,22 +97,35 @@ def loss_threshold(loss: float) -> int:
     return round(loss * LOSS_SCALE)
 
 
-def site_ruleset(kind: str, public_address: str, loss: float = 0.0, mapping_timeout: int = 120) -> str:
+def site_ruleset(
+    kind: str, public_address: str, loss: float = 0.0, mapping_timeout: int = 120, hairpin_lan: str | None = None, carrier: bool = False
+) -> str:
     """The complete ``nft -f`` script that (re)defines a site router's table.
 
     It deletes any previous version of the table in the same transaction, so
     applying it again (for a new public address) is atomic and also forgets
-    every learned mapping.
+    every learned mapping.  ``hairpin_lan`` names the inside interface on
+    which to hairpin (cone kinds only).  ``carrier`` (a CGN) drops an
+    unsolicited inbound packet its filter refuses before conntrack sees it.
     """
     check_kind(kind)
+    if hairpin_lan is not None and kind not in CONE_KINDS:
+        raise ValueError(
+            f"hairpinning needs endpoint-independent mapping (a cone kind), not {kind!r}: "
+            "a symmetric NAT has no mapping an inside packet could be sent back into"
+        )
     threshold = loss_threshold(loss)
     if mapping_timeout < 1:
         raise ValueError("mapping_timeout must be at least one second")
     body: list[str] = []
     if kind in CONE_KINDS:
         body += _cone_maps(kind, mapping_timeout)
-        body += _chain("prerouting_nat", "type nat hook prerouting priority dstnat; policy accept;", _cone_inbound(kind, public_address))
-    body += _chain("postrouting_nat", "type nat hook postrouting priority srcnat; policy accept;", _outbound_nat(kind, public_address))
+        if carrier:
+            body += _chain("prerouting_unsolicited", "type filter hook prerouting priority mangle; policy accept;", _carrier_unsolicited(kind, public_address))
+        inbound = _cone_inbound(kind, public_address) + _hairpin_inbound(public_address, hairpin_lan)
+        body += _chain("prerouting_nat", "type nat hook prerouting priority dstnat; policy accept;", inbound)
+    outbound = _hairpin_outbound(public_address, hairpin_lan) + _outbound_nat(kind, public_address)
+    body += _chain("postrouting_nat", "type nat hook postrouting priority srcnat; policy accept;", outbound)
     if kind in CONE_KINDS:
         body += _chain("postrouting_learn", "type filter hook postrouting priority srcnat + 10; policy accept;", _cone_learning(kind))
     body += _chain("forward", "type filter hook forward priority filter; policy accept;", _forward(kind, threshold))
@@ -149,6 +172,38 @@ def _cone_inbound(kind: str, public_address: str) -> list[str]:
     return [
         f'iifname "{WAN}" ip daddr {public_address} {match} '
         "dnat ip addr . port to udp dport map @mapping_in"
+    ]
+
+
+def _carrier_unsolicited(kind: str, public_address: str) -> list[str]:
+    """A CGN keeps its own mapping table: a packet its filter refuses leaves
+    no trace (dropped after conntrack has looked, before the entry is kept).
+    A Linux router instead delivers it locally and conntrack keeps the tuple,
+    so the inside host's own first packet to that sender then gets another
+    public port (what priming with a small TTL avoids at home, and cannot at
+    a CGN one hop further out)."""
+    keys = _FILTER_KEYS[kind]
+    admitted = "udp dport @mapping_in" if keys is None else f"{keys[2]} @peers"
+    new = f'iifname "{WAN}" ip daddr {public_address} meta l4proto udp ct state new'
+    return [f"{new} {admitted} accept", f"{new} drop"]
+
+
+def _hairpin_inbound(public_address: str, lan: str | None) -> list[str]:
+    if lan is None:
+        return []
+    to_mapping = "dnat ip addr . port to udp dport map @mapping_in"
+    return [f'iifname "{lan}" ip daddr {public_address} udp dport @mapping_in meta mark set {HAIRPIN_MARK:#x} {to_mapping}']
+
+
+def _hairpin_outbound(public_address: str, lan: str | None) -> list[str]:
+    if lan is None:
+        return []
+    # Postrouting has no input interface: the mark prerouting set says "hairpinned".
+    hairpinned = f'oifname "{lan}" meta mark {HAIRPIN_MARK:#x}'
+    return [
+        # The sender's own public endpoint, so the receiver sees what anyone outside would.
+        f"{hairpinned} ip saddr . udp sport @mapping_out snat ip addr . port to ip saddr . udp sport map @mapping_out",
+        f"{hairpinned} snat to {public_address}",
     ]
 
 

@@ -9,7 +9,11 @@ when the beacon reports a public endpoint other than the one discovery saw
 layer's question "where may peers reach us directly?"
 (:class:`~pilotproto.interfaces.ILocalCandidates`): the public endpoint the
 beacon sees, a port the gateway mapped for us (PCP, NAT-PMP or UPnP, see
-:mod:`pilotproto.node.portmap`) listed first, and our LAN address.
+:mod:`pilotproto.node.portmap`) listed first, and our LAN address.  With
+an IPv6 socket it adds this host's global IPv6 addresses and, when it knows
+the beacon's IPv6 address, the beacon's view of us over IPv6
+(:mod:`pilotproto.node.ipv6`); peers race them ahead of IPv4
+(:mod:`pilotproto.session.happy_eyeballs`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from zope.interface import implementer
 from ..interfaces import IBeaconObserver, IDatagramSender, ILocalCandidates, INatDiscovery
 from ..session.natprobe import NatProber
 from ..wire import Endpoint
+from .ipv6 import HostAddresses, ReflexiveV6, resolve_ipv6
 from .portmap import PortMapper, gateway_towards
 
 #: how often NAT discovery runs again without a reason
@@ -35,7 +40,17 @@ class NatService(service.Service):
     log = Logger()
     name = "nat"
 
-    def __init__(self, reactor, udp, recheck_interval: float = NAT_RECHECK_INTERVAL, port_mapping: bool = True, port_mapper=None):
+    def __init__(
+        self,
+        reactor,
+        udp,
+        recheck_interval: float = NAT_RECHECK_INTERVAL,
+        port_mapping: bool = True,
+        port_mapper=None,
+        host_addresses=None,
+        beacon6: Endpoint | None = None,
+        beacon_name: tuple[str, int] | None = None,
+    ):
         if not IDatagramSender.providedBy(udp):
             raise TypeError(f"{udp!r} does not provide IDatagramSender")
         self._udp = udp
@@ -47,10 +62,19 @@ class NatService(service.Service):
         self._recheck.clock = reactor
         #: NAT behaviour seen from here; "unknown" until discovery says otherwise
         self.nat_type = "unknown"
+        self._nat_watchers: list = []
         if port_mapper is None and port_mapping:
             port_mapper = PortMapper(reactor, self._udp_port, gateway=self._gateway)
         #: asks the router on the way to the beacon for a port (None: switched off)
         self.port_mapper = port_mapper
+        #: this host's IPv6 addresses (``HostAddresses``; tests inject the kernel's table)
+        self.host_addresses = host_addresses if host_addresses is not None else HostAddresses()
+        #: the beacon's view of us over IPv6, asked when its IPv6 address is known
+        self.reflexive6 = ReflexiveV6(reactor, udp.send)
+        self._beacon6 = beacon6
+        self._reactor = reactor
+        #: the first beacon's (host, port) as given: a name may have an IPv6 address too
+        self._beacon_name = beacon_name
 
     def _udp_port(self) -> int:
         local = self._udp.local_endpoint
@@ -60,26 +84,41 @@ class NatService(service.Service):
         return gateway_towards(self._beacon.host) if self._beacon is not None else None
 
     def _discovered(self, nat_type: str) -> None:
+        changed = nat_type != self.nat_type
         self.nat_type = nat_type
+        if changed:
+            for watcher in list(self._nat_watchers):
+                watcher(nat_type)
+
+    def watch_nat_type(self, watcher) -> None:
+        """Call ``watcher(nat_type)`` whenever discovery reads our NAT differently
+        (the sessions layer re-offers candidates to peers still on the relay)."""
+        self._nat_watchers.append(watcher)
 
     # -- lifecycle ---------------------------------------------------------------
 
     def startService(self):
         super().startService()
-        if self._beacon is not None:
+        if self._beacon is not None or self._beacon6 is not None:
             self._start_rechecks()
+        if self._beacon6 is None and self._beacon_name is not None:
+            found = resolve_ipv6(self._reactor, *self._beacon_name)
+            found.addCallback(lambda endpoint: self.beacon6_resolved(endpoint) if endpoint and self.running else None)
 
     def stopService(self):
         super().stopService()
         if self._recheck.running:
             self._recheck.stop()
         self.prober.stop()
+        self.reflexive6.stop()
         if self.port_mapper is not None:
             # Waits (briefly) for the router to confirm the mapping is gone.
             return self.port_mapper.stop()
         return None
 
     def _start_rechecks(self):
+        if self.running and self._beacon6 is not None and self._ipv6_port():
+            self.reflexive6.start(self._beacon6)
         if self.running and not self._recheck.running:
             # Alongside registration, not after it: nothing waits for the result.
             self._recheck.start(self._recheck_interval, now=True)
@@ -93,7 +132,15 @@ class NatService(service.Service):
     # -- IBeaconObserver -------------------------------------------------------------
 
     def beacon_resolved(self, endpoint: Endpoint) -> None:
+        if ":" in endpoint.host and self._ipv6_port():
+            # A beacon reached over IPv6 answers for our IPv6 socket.
+            self._beacon6 = endpoint
         self._beacon = endpoint
+        self._start_rechecks()
+
+    def beacon6_resolved(self, endpoint: Endpoint) -> None:
+        """The beacon's IPv6 address (besides the IPv4 one we register with)."""
+        self._beacon6 = endpoint
         self._start_rechecks()
 
     def public_endpoint_seen(self, endpoint: Endpoint | None) -> None:
@@ -109,6 +156,8 @@ class NatService(service.Service):
     # -- INatDiscovery -----------------------------------------------------------------
 
     def stun_received(self, data: bytes, source: Endpoint) -> bool:
+        if ":" in source.host and self.reflexive6.datagram_received(data, source):
+            return True
         return self.prober.datagram_received(data, source)
 
     # -- ILocalCandidates ------------------------------------------------------------------
@@ -137,13 +186,29 @@ class NatService(service.Service):
         ep = self.source_endpoint()
         return [] if ep is None or ep == self._public else [ep]
 
+    def _ipv6_port(self) -> int:
+        local6 = getattr(self._udp, "local_endpoint6", None)
+        return local6.port if local6 is not None else 0
+
+    def ipv6_candidates(self) -> tuple[list[Endpoint], list[Endpoint]]:
+        """``(public, lan)`` IPv6 endpoints: the beacon's view first, then our global addresses."""
+        port = self._ipv6_port()
+        public, lan = self.host_addresses.candidates(port)
+        seen = self.reflexive6.endpoint
+        if port and seen is not None and seen not in public:
+            public.insert(0, seen)
+        return public, lan
+
     def local_candidates(self):
         public = [self._public] if self._public else []
         mapped = self.port_mapper.candidate(self._public) if self.port_mapper is not None else None
         if mapped is not None and mapped not in public:
             # First: a mapped port answers every peer, whatever our NAT does.
             public.insert(0, mapped)
-        return self.nat_type, public, self.lan_endpoints()
+        public6, lan6 = self.ipv6_candidates()
+        # IPv6 after IPv4 in the list (older peers read the first as "the" address);
+        # the racing prefers it (happy eyeballs) whatever the order.
+        return self.nat_type, public + public6, self.lan_endpoints() + lan6
 
     def port_mapping(self) -> dict:
         """What the router on the way to the beacon granted, for ``info`` and ``netcheck``."""

@@ -47,6 +47,7 @@ from ..rendezvous.cards import AgentCards
 from ..rendezvous.beacons import BeaconSet
 from ..rendezvous.link import BeaconLink
 from ..rendezvous.sealed import SealedMailReader, SealedPoster
+from ..rendezvous.sealed_parts import Reassembly
 from ..session.sessions import Sessions
 from ..trust.manager import TrustManager
 from .config import NodeConfig, parse_fingerprint, parse_hostport, resolve_home
@@ -121,7 +122,7 @@ class PilotNode(service.MultiService):
             )
             for i, beacon in enumerate(config.beacons)
         ])
-        self.nat = NatService(reactor, self.udp)
+        self.nat = NatService(reactor, self.udp, beacon_name=parse_hostport(config.beacons[0]) if config.beacons else None)
         #: extra sockets a birthday punch opens (symmetric NAT <-> port-restricted cone)
         self.punch_sockets = PunchSockets(reactor, self.nat.prober)
         self.trust = TrustManager(
@@ -150,9 +151,11 @@ class PilotNode(service.MultiService):
             punch=self.punch_sockets,
         )
         self.ports.wire(self.sessions)
+        # Peers still on the relay hear at once when discovery reads our NAT differently.
+        self.nat.watch_nat_type(lambda _nat_type: self.sessions.local_nat_changed())
         #: messages and files (port 1001) and events (port 1002), durable both ways
         self.mail = Mail(reactor, self.home, MailPeers(self.trust, self.link, self.ports), ids,
-                         config.hostname, str(self.address), poster=SealedPoster(self.identity, self.link.requests))
+                         config.hostname, str(self.address), poster=SealedPoster(self.identity, links=self.link.links))
         start_standard_services(self.ports, self.mail.inbox, self.mail.events)
         self.router = DatagramRouter(self.link, self.nat, self.sessions)
         #: our agent card (HOME/card.json), published after every registration, and find
@@ -160,9 +163,11 @@ class PilotNode(service.MultiService):
         self.link.watch_registration(self.cards)
         self.udp.wire(self.router)
         self.punch_sockets.wire(self.router)
-        # Sealed mail (store-and-forward) is read off the beacon's pushes before trust sees them.
-        beacon_mail = SealedMailReader(self.identity, self.link.requests, self.trust, sink=self.mail.forwarder)
-        self.link.wire(router=self.router, mail=beacon_mail, observer=self.nat)
+        # Sealed mail (store-and-forward) is read off the beacon's pushes before trust sees them:
+        # a reader per beacon (acks go to the beacon that delivered), pieces joined in one place.
+        sealed_parts = Reassembly(reactor)
+        self.link.wire(router=self.router, observer=self.nat, mail=lambda link: SealedMailReader(
+            self.identity, link.requests, self.trust, sink=self.mail.forwarder, parts=sealed_parts))
         for child in (self.udp, self.punch_sockets, self.link, self.nat, self.mail):
             child.setServiceParent(self)
         #: pilotctl forward / expose: TCP <-> overlay bridges, restored from config.json (after the UDP socket)

@@ -54,6 +54,7 @@ from zope.interface import Interface
 from ..common.wiring import check_provides
 from ..wire import Endpoint
 from ..wire.sources import Direct, Relayed
+from . import happy_eyeballs
 from .birthday_schedule import via_of as _via
 
 FILTERING_NATS = {"restricted_cone", "port_restricted_cone", "symmetric", "unknown", "udp_blocked"}
@@ -140,6 +141,7 @@ class PeerPath:
         self.switches = 0
         self.fallbacks = 0
         self._timer = None
+        self._later_family = None  # this round's IPv4 probes, waiting behind IPv6 (happy eyeballs)
         self._burst_left = 0
         self._retry_delay = timers.retry_first
 
@@ -255,6 +257,10 @@ class PeerPath:
             return
         if via is not None and via.local_port is None:
             return  # a late ack on a socket already closed
+        if self._on_direct and happy_eyeballs.keeps_current(
+            self.direct, source.endpoint, self.direct_seen, self._clock.seconds(), self.timers.silence_after
+        ):
+            return  # the other family lost the race (RFC 8305): the winner is alive
         self.ack(source.endpoint, via)
 
     def start_punch(self) -> None:
@@ -324,6 +330,25 @@ class PeerPath:
             self._timer.cancel()
         self._timer = None
 
+    def _probe_round(self) -> None:
+        # IPv6 now, IPv4 a moment later (happy eyeballs), unless one is already waiting.
+        now, later = happy_eyeballs.by_family(self.candidates)
+        for endpoint in now:
+            self._owner.send_probe(endpoint)
+        if later and (self._later_family is None or not self._later_family.active()):
+            self._later_family = self._clock.callLater(happy_eyeballs.FAMILY_DELAY, self._probe_later, later)
+
+    def _probe_later(self, endpoints) -> None:
+        self._later_family = None
+        if not self._on_direct:
+            for endpoint in endpoints:
+                self._owner.send_probe(endpoint)
+
+    def _cancel_later(self) -> None:
+        if self._later_family is not None and self._later_family.active():
+            self._later_family.cancel()
+        self._later_family = None
+
     @_machine.output()
     def _prime_and_start_burst(self):
         for endpoint in sorted(self.candidates):
@@ -333,8 +358,7 @@ class PeerPath:
 
     @_machine.output()
     def _burst_round(self):
-        for endpoint in sorted(self.candidates):
-            self._owner.send_probe(endpoint)
+        self._probe_round()
         self._burst_left -= 1
         if self._burst_left > 0:
             self._arm(self.timers.burst_interval, self.burst_tick)
@@ -362,6 +386,7 @@ class PeerPath:
         self.unanswered_probes = 0
         self.last_keepalive = self._clock.seconds()
         self._on_direct = True
+        self._cancel_later()
         self._retry_delay = self.timers.retry_first
         self.candidates.add(endpoint)
         if changed:
@@ -415,6 +440,7 @@ class PeerPath:
     @_machine.output()
     def _stop(self):
         self._cancel()
+        self._cancel_later()
         self._on_direct = False
 
     # -- transitions -----------------------------------------------------------------

@@ -37,6 +37,8 @@ from ..wire.sources import Direct, Relayed
 from .birthday import Birthday, IBirthdayOwner
 from .birthday_schedule import BirthdayOptions, IPunchSockets, via_of
 from .paths import IPathOwner, PathTimers, PeerPath
+from .peer_mtu import IMtuOwner, PeerMtu
+from .pmtu import route_mtu
 
 #: the first plaintext byte of a stream packet (the rest is the stream layer's)
 STREAM_PACKET = bytes([PACKET_TYPE])
@@ -63,9 +65,11 @@ class PeerLinks:
     #: extra sockets for birthday punches (None: this node only ever probes)
     punch: object = attrs.field(default=None, validator=attrs.validators.optional(provides(IPunchSockets)))
     birthday: BirthdayOptions = BirthdayOptions()
+    #: ``route_mtu(host, port)`` -> the local route's MTU towards a peer, or None (path MTU search ceiling)
+    route_mtu: object = attrs.field(default=route_mtu, validator=attrs.validators.is_callable())
 
 
-@implementer(IPathOwner, IBirthdayOwner)
+@implementer(IPathOwner, IBirthdayOwner, IMtuOwner)
 class Peer:
     """The session with one peer, whose Ed25519 public key is ``key``."""
 
@@ -81,6 +85,8 @@ class Peer:
         self.path = PeerPath(links.clock, self, allow_direct=links.allow_direct, timers=links.path_timers)
         #: the birthday punch (symmetric NAT <-> port-restricted cone), seeded from the injected ids
         self.birthday = Birthday(links.clock, self, links.punch, links.birthday, random.Random(links.ids()))
+        #: path MTU discovery on the direct path (probe nonces from the injected ids)
+        self.mtu = PeerMtu(links.clock, self, route_mtu=links.route_mtu, random_bytes=lambda n: links.ids().to_bytes(8, "big")[:n])
         #: the reliable streams and datagrams multiplexed on this session (made on first use)
         self.streams: StreamConnection | None = None
         #: ping id -> (Deferred waiting for the pong, when the ping left)
@@ -121,11 +127,23 @@ class Peer:
 
     def path_changed(self, direct: bool, via) -> None:
         self.birthday.path_changed(direct, via)
+        self.mtu.path_changed(self.path.direct if direct else None, via)
         if direct and self.birthday.attempts:
             # A birthday punch can hit several of the symmetric side's
             # sockets, and each side may prove a different one first: tell
             # the peer which route we keep, and it follows (PeerPath.received).
             self.send_probe(self.path.direct, via=via)
+
+    # -- IMtuOwner ---------------------------------------------------------------------
+
+    def send_direct(self, plaintext: bytes, endpoint, via) -> None:
+        session = self.tunnel.current
+        if session is not None and session.can_seal():
+            (via or self._links.udp).send(session.seal(plaintext), endpoint)
+
+    def set_packet_size(self, size: int) -> None:
+        if self.streams is not None:
+            self.streams.set_max_packet(size)
 
     # -- IBirthdayOwner -----------------------------------------------------------------
 
@@ -164,6 +182,7 @@ class Peer:
             streams.close(streams_error or error)
         self.path.stop()
         self.birthday.stop()
+        self.mtu.stop()
         self._cancel_call()
 
     def message_received(self, msg, source: Direct | Relayed) -> None:
@@ -215,13 +234,24 @@ class Peer:
         self.path.start_punch()
         if self._links.allow_direct:
             our_public = self._links.candidates.local_candidates()[1]
-            self.birthday.consider(self.path.our_nat, msg.nat_type, msg.public, our_public)
+            # A birthday punch is an IPv4 affair (IPv6 needs no port guessing): IPv4 targets only.
+            peer_public4 = [ep for ep in msg.public if ":" not in ep.host]
+            self.birthday.consider(self.path.our_nat, msg.nat_type, peer_public4, our_public)
 
     def _rx_birthday(self, msg: smsg.Birthday, source) -> None:
         if self._links.allow_direct:
             self.birthday.message_received(msg)
 
+    def _rx_mtu_probe(self, msg: smsg.MtuProbe, source) -> None:
+        if self._links.allow_direct:
+            self.mtu.probe_received(msg, source)
+
+    def _rx_mtu_ack(self, msg: smsg.MtuAck, source) -> None:
+        self.mtu.ack_received(msg, source)
+
     _HANDLERS = {
+        smsg.MtuProbe: _rx_mtu_probe,
+        smsg.MtuAck: _rx_mtu_ack,
         smsg.Ping: _rx_ping,
         smsg.Pong: _rx_pong,
         smsg.PathProbe: _rx_probe,
@@ -291,7 +321,9 @@ class Peer:
                 self._links.own_key < self.key,
                 on_stream_opened=self._stream_opened,
                 on_datagram=self._stream_datagram,
+                max_packet=self.mtu.packet_size(),
             )
+            self.streams.on_black_hole = self.mtu.black_hole
         return self.streams
 
     def _stream_opened(self, stream, port: int) -> bool:
@@ -310,6 +342,8 @@ class Peer:
             "path": path.kind,
             "endpoint": str(path.direct) if path.using_direct() else "relay",
             "rtt_ms": self.last_rtt,
+            # The direct path's confirmed IP MTU (None on the relay), its search's state and ceiling.
+            **self.mtu.describe(),
             "bytes_sent": path.bytes_sent,
             "bytes_received": path.bytes_received,
             # Only for a pair that needed one: how the birthday punch went.

@@ -278,6 +278,15 @@ class Sessions:
     def describe(self) -> list[dict]:
         return [peer.describe() for peer in self.peers.values()]
 
+    def local_nat_changed(self) -> None:
+        """NAT discovery now says something else about us (e.g. a CGN's
+        behaviour showed through after start): tell every peer still on the
+        relay at once, so the pair punches with the truth instead of waiting
+        for the path's retry (seconds).  A direct path needs nothing."""
+        for peer in self.peers.values():
+            if not peer.ended and not peer.path.using_direct():
+                peer.call_me_maybe(reply=False)
+
     # -- ITrustListener ----------------------------------------------------------------------
 
     def trust_established(self, public_key: bytes) -> None:

@@ -1,7 +1,7 @@
 """
-NAT traversal across real kernel NATs: every pair of NAT kinds gets the best
-path it can have, with and without packet loss; sessions survive a NAT
-rebinding and the loss of the beacon.
+NAT traversal across real kernel NATs: every pair of NAT kinds, and homes
+behind carrier-grade NATs, gets the best path it can have, with and without
+packet loss; sessions survive a NAT rebinding and the loss of the beacon.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from pilotproto.lab.cgn_cells import CGN_CELLS
 from pilotproto.lab.matrix import DIRECT_KINDS, format_table, run_matrix
 
 pytestmark = pytest.mark.lab
@@ -25,8 +26,10 @@ needs_lab = pytest.mark.skipif(
 
 @needs_lab
 def test_every_pair_of_nat_kinds_gets_its_best_path(tmp_path):
-    results = run_matrix(workdir=str(tmp_path))
-    assert len(results) == 28  # seven NAT kinds, every pair once
+    # The carrier-grade NAT cells run in the same lab, in parallel with the rest.
+    results = run_matrix(workdir=str(tmp_path), cgn_cells=CGN_CELLS)
+    assert len(results) == 28 + len(CGN_CELLS)  # seven NAT kinds, every pair once, and the CGN cells
+    assert {r.a for r in results[28:]} == {cell.a.label for cell in CGN_CELLS}
     failed = [r for r in results if not r.ok]
     assert not failed, "\n" + format_table(results)
 
