@@ -43,6 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+import perf_daemon
 import stream_throughput as st
 
 MiB = 1024 * 1024
@@ -131,7 +132,14 @@ def _daemons(lab, beacon, hosts, workdir, size) -> dict:
             raise RuntimeError(f"pilotctl bench failed: {out.stdout}{out.stderr}")
         after = [_cpu_of(node.process.pid) for node in (a, b)]
         data = json.loads(out.stdout)["data"]  # {"status": "ok", "data": {...}}
+        # One way, as the in-process figure is: a client of each daemon, each in another process than its daemon.
+        before_one_way = [_cpu_of(node.process.pid) for node in (a, b)]
+        one_way = perf_daemon.one_way(a.home, b.home, b.hostname, size)
+        after_one_way = [_cpu_of(node.process.pid) for node in (a, b)]
         return {
+            "one_way_mbit_s": one_way["mbit_s"],
+            "one_way_intact": one_way["intact"],
+            "one_way_cpu_s_per_gib": [per_gib(y - x, size) for x, y in zip(before_one_way, after_one_way)],
             "path": path,
             "send_mbit_s": round(data["send_mbps"], 1),
             "receive_mbit_s": round(data["receive_mbps"], 1),
@@ -185,7 +193,9 @@ def lab_parts(options, report: dict) -> None:
     skip = set(options.skip)
     workdir = tempfile.mkdtemp(prefix="pilot-perf-")
     with Lab() as lab:
-        beacon = LabBeacon(lab, workdir).start()
+        quota = [] if options.relay_quota is None else ["--relay-per-node", options.relay_quota,
+                                                        "--relay-per-pair", options.relay_quota]
+        beacon = LabBeacon(lab, workdir, extra=quota).start()
         cone = [lab.add_site("port-restricted-cone") for _ in range(2)]
         hosts = [site.hosts[0] for site in cone]
         if "direct" not in skip:
@@ -221,6 +231,7 @@ def ratios(report: dict) -> dict:
             out["cpu_per_gib_old_over_new"] = round(old_cpu / new_cpu, 2)
         if report.get("daemons"):
             out["daemons_send_over_direct"] = round(report["daemons"]["send_mbit_s"] / direct, 2)
+            out["daemons_one_way_over_direct"] = round(report["daemons"]["one_way_mbit_s"] / direct, 2)
         if report.get("relay"):
             out["udp_relay_over_direct"] = round(report["relay"]["mbit_s"] / direct, 2)
         if report.get("relay_tcp"):
@@ -253,6 +264,9 @@ def render(report: dict) -> str:
         lines.append(f"  {'direct, through daemons':26} {d['send_mbit_s']:8.1f} Mbit/s send, {d['receive_mbit_s']} "
                      f"receive, {d['echo_mbit_s']} echo (pilotctl bench; daemon CPU s/GiB "
                      f"{d['daemon_a_cpu_s_per_gib']} / {d['daemon_b_cpu_s_per_gib']})")  # fmt: skip
+        lines.append(f"  {'direct, through daemons':26} {d['one_way_mbit_s']:8.1f} Mbit/s one way (a client of each "
+                     f"daemon; daemon CPU s/GiB {' / '.join(map(str, d['one_way_cpu_s_per_gib']))}), "
+                     f"intact {d['one_way_intact']}")  # fmt: skip
     dial = report.get("dial")
     if dial:
         lines.append(f"  dial -> first byte (relay): {dial['first_byte_ms']} ms;"
@@ -284,10 +298,13 @@ def main(argv=None) -> int:
     parser.add_argument("--hotpath-mb", type=float, default=32.0)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--old-tree", help="a directory holding an older pilotproto/ to compare the hot path with")
+    parser.add_argument("--relay-quota", metavar="RATE",
+                        help="the lab beacon's relay quota per node and per pair, e.g. 64M/1 (default: the "
+                             "beacon's default, 8M/1 per pair: the relay figure is then the quota's)")
     parser.add_argument("--skip", nargs="*", default=[], choices=PARTS)
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args(argv)
-    report: dict = {"machine": machine(), "size_mb": options.size_mb}
+    report: dict = {"machine": machine(), "size_mb": options.size_mb, "relay_quota": options.relay_quota or "default"}
     if "hotpath" not in options.skip:
         report["hotpath"] = hotpath(options.hotpath_mb, options.old_tree)
     if "memory" not in options.skip:

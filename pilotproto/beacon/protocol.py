@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+import socket
+
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
 
 from ..wire import Endpoint
 from .tls import StreamEndpoint
+
+#: socket buffers asked for: a relay carrying a few hundred Mbit/s meets
+#: bursts of a whole congestion window (hundreds of packets) between two
+#: reactor wake-ups, which the kernel's default 208 KiB drops
+SOCKET_BUFFER = 4 * 1024 * 1024
+#: below this we warn: the kernel capped the buffer (net.core.rmem_max/wmem_max)
+SMALL_BUFFER = 1024 * 1024
+
+log = Logger()
+
+
+def enlarge_buffers(sock, size: int = SOCKET_BUFFER) -> dict:
+    """Ask for ``size``-byte receive and send buffers on ``sock``; what the
+    kernel granted, by option name.  An unprivileged process gets at most
+    ``net.core.rmem_max``/``wmem_max`` (the kernel caps silently, so it is
+    read back); SO_RCVBUFFORCE is no answer for users, so this only warns."""
+    granted = {}
+    for name, option in (("rcvbuf", socket.SO_RCVBUF), ("sndbuf", socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            pass  # the default buffer: earlier drops under bursts, which senders retry
+        # Linux reports twice what it accounts for (the bookkeeping overhead).
+        granted[name] = sock.getsockopt(socket.SOL_SOCKET, option)
+    return granted
 
 
 class BeaconDatagramProtocol(DatagramProtocol):
@@ -16,8 +44,21 @@ class BeaconDatagramProtocol(DatagramProtocol):
         #: every socket of this beacon by its local endpoint, shared among
         #: them, so an answer to a STUN CHANGE-REQUEST can leave from another
         self.sockets = sockets if sockets is not None else {}
+        #: the socket buffers the kernel granted (``enlarge_buffers``), once started
+        self.buffers: dict = {}
         if local is not None:
             self.sockets[local] = self
+
+    def startProtocol(self):
+        sock = getattr(self.transport, "socket", None)
+        if sock is None:
+            return
+        self.buffers = enlarge_buffers(sock)
+        if min(self.buffers.values()) < SMALL_BUFFER:
+            log.warn(
+                "the beacon's UDP socket buffers are small ({buffers}): relayed bursts may be dropped; "
+                "raise net.core.rmem_max and net.core.wmem_max to {want} (sysctl)",
+                buffers=self.buffers, want=SOCKET_BUFFER)
 
     def send(self, data: bytes, destination: Endpoint) -> None:
         """Send a datagram that answers no request (the server's mail pushes)."""
