@@ -88,18 +88,22 @@ class _Exchange(DatagramProtocol):
             self.done.callback(result)
 
 
-def _exchange(reactor, clock, gateway, request, decode):
-    """Send ``request`` to the gateway from a fresh socket; the decoded answer."""
-    exchange = _Exchange(clock, gateway, request, decode)
-    port = reactor.listenUDP(0, exchange)
+def on_own_socket(reactor, protocol, done: defer.Deferred) -> defer.Deferred:
+    """Run ``protocol`` on a fresh UDP socket until ``done`` fires; its result, once the socket is closed."""
+    port = reactor.listenUDP(0, protocol)
 
     def close(result):
         d = defer.maybeDeferred(port.stopListening)
         d.addBoth(lambda _: result)
         return d
 
-    exchange.done.addBoth(close)
-    return exchange.done
+    return done.addBoth(close)
+
+
+def _exchange(reactor, clock, gateway, request, decode):
+    """Send ``request`` to the gateway from a fresh socket; the decoded answer."""
+    exchange = _Exchange(clock, gateway, request, decode)
+    return on_own_socket(reactor, exchange, exchange.done)
 
 
 class PcpClient:

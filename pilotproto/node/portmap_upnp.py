@@ -21,7 +21,7 @@ from ..errors import Timeout
 from ..wire import portmap as pm
 from ..wire import upnp
 from ..wire.codec import DecodeError
-from .portmap_pcp import MappingRefused
+from .portmap_pcp import MappingRefused, on_own_socket
 
 #: how long an SSDP search waits for a gateway to answer
 SEARCH_WAIT = 2.0
@@ -85,15 +85,7 @@ class UpnpClient:
 
     def _search(self) -> defer.Deferred:
         search = _Search(self._clock, self._gateway, SEARCH_WAIT)
-        port = self._reactor.listenUDP(0, search)
-
-        def close(result):
-            d = defer.maybeDeferred(port.stopListening)
-            d.addBoth(lambda _: result)
-            return d
-
-        search.found.addBoth(close)
-        return search.found
+        return on_own_socket(self._reactor, search, search.found)
 
     @defer.inlineCallbacks
     def _fetch(self, method: str, url: str, body: bytes | None = None, headers=None):
