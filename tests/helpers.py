@@ -859,3 +859,17 @@ class SignedNode:
         return relay.seal_to_beacon(
             self.relay_key, self.identity.address.to_bytes(), other.identity.address.to_bytes(), self.relay_counter, payload
         )
+
+
+def lab_marks() -> list:
+    """``pytestmark`` for a lab test module: marked ``lab``, skipped (saying why) where no lab can be built."""
+    import pytest
+
+    from pilotproto.lab import LabError, check_prerequisites
+
+    try:
+        check_prerequisites()
+    except LabError as e:
+        reason = f"{e.message} {e.hint or ''}".strip()
+        return [pytest.mark.lab, pytest.mark.skip(reason=reason)]
+    return [pytest.mark.lab]

@@ -12,21 +12,12 @@ import re
 import subprocess
 import sys
 
-import pytest
+from helpers import lab_marks
 
-from pilotproto.lab import Lab, LabError, check_prerequisites
-
-
-def _why_no_lab() -> str | None:
-    try:
-        check_prerequisites()
-    except LabError as e:
-        return f"{e.message} {e.hint or ''}".strip()
-    return None
+from pilotproto.lab import Lab
 
 
-_NO_LAB = _why_no_lab()
-pytestmark = [pytest.mark.lab, pytest.mark.skipif(_NO_LAB is not None, reason=_NO_LAB or "")]
+pytestmark = lab_marks()
 
 PILOTCTL = [sys.executable, "-m", "pilotproto.cli"]
 

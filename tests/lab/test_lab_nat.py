@@ -11,21 +11,13 @@ import sys
 import time
 
 import pytest
+from helpers import lab_marks
 
-from pilotproto.lab import Lab, LabError, check_prerequisites, cleanup_stale, netns
+from pilotproto.lab import Lab, LabError, cleanup_stale, netns
 from pilotproto.lab.probing import blast, probe_nat, start_probe_server
 
 
-def _why_no_lab() -> str | None:
-    try:
-        check_prerequisites()
-    except LabError as e:
-        return f"{e.message} {e.hint or ''}".strip()
-    return None
-
-
-_NO_LAB = _why_no_lab()
-pytestmark = [pytest.mark.lab, pytest.mark.skipif(_NO_LAB is not None, reason=_NO_LAB or "")]
+pytestmark = lab_marks()
 
 EXPECTED = {
     "full-cone": ("endpoint-independent", "endpoint-independent"),

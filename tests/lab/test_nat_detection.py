@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import time
 
-import pytest
+from helpers import lab_marks
 
 from pilotproto.errors import PilotError
-from pilotproto.lab import NAT_KINDS, Lab, LabError, check_prerequisites
+from pilotproto.lab import NAT_KINDS, Lab
 
 
-def _why_no_lab() -> str | None:
-    try:
-        check_prerequisites()
-    except LabError as e:
-        return f"{e.message} {e.hint or ''}".strip()
-    return None
-
-
-_NO_LAB = _why_no_lab()
-pytestmark = [pytest.mark.lab, pytest.mark.skipif(_NO_LAB is not None, reason=_NO_LAB or "")]
+pytestmark = lab_marks()
 
 EXPECTED = {
     "none": "none",
