@@ -13,6 +13,7 @@ tests can run the waiting loops without waiting.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -115,11 +116,9 @@ def read_pid(home: str) -> int | None:
 
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` runs.  Our own exited child counts as gone, but is left for its Popen to reap."""
-    try:
+    with contextlib.suppress(ChildProcessError):  # not our child: ask the kernel below
         if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
             return False
-    except ChildProcessError:
-        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -168,10 +167,8 @@ def wait_for_exit(pid: int, timeout: float, clock=SYSTEM_CLOCK) -> bool:
 
 
 def _remove(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):  # already gone is what we wanted
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 # -- start ---------------------------------------------------------------------
@@ -305,7 +302,7 @@ def wait_until_registered(launch: Launch, timeout: float, client=None, clock=SYS
         except NotRunning:
             info = None  # not listening yet
         except Timeout:
-            pass
+            continue  # busy starting (that call already waited): ask again, keeping what it said last
         if info is not None and info.get("registered"):
             return dict(info, log=launch.log_path)
         refusal = _refusal(info)
