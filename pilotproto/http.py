@@ -15,6 +15,7 @@ keeps connections to a peer alive across requests.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -45,10 +46,8 @@ def pool_for(reactor, node) -> HTTPConnectionPool:
         return _pools[node]
     except (KeyError, TypeError):
         pool = HTTPConnectionPool(reactor, persistent=True)
-        try:
+        with contextlib.suppress(TypeError):  # a node that cannot be weakly keyed gets a pool per call
             _pools[node] = pool
-        except TypeError:
-            pass
         return pool
 
 

@@ -9,6 +9,7 @@ dict (printed as ``{"status": "ok", "data": ...}`` with ``--json``),
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 
 from ..common.names import check_target
@@ -26,11 +27,9 @@ def check_peer(peer: str) -> str:
     """A peer is a hostname, an address, or a base64 public key."""
     if Address.looks_like(peer):
         return str(Address.parse(peer))
-    try:
+    with contextlib.suppress(ValueError):  # not base64: a name or an address, below
         if len(base64.b64decode(peer, validate=True)) == 32:
             return peer
-    except ValueError:
-        pass
     try:
         return check_hostname(peer)
     except InvalidArgument:

@@ -17,6 +17,7 @@ old trust list, so it stops with ``identity_missing`` instead, and only
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -186,8 +187,6 @@ def save(identity: Identity, path: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        try:
+        with contextlib.suppress(OSError):  # the error below is the one to report
             os.unlink(tmp)
-        except OSError:
-            pass
         raise StateError(f"cannot write identity file {path}: {e.strerror}", hint="Check free disk space and permissions.") from None

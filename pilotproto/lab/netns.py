@@ -10,6 +10,7 @@ crashed run's leftovers from a lab another process is still using.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -112,10 +113,8 @@ def kill_namespace_processes(ns: Namespace, grace: float = 2.0) -> None:
     pids = ns.pids()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it ended on its own
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace
         while pids and time.monotonic() < deadline:
             pids = [p for p in pids if _alive(p)]
@@ -146,10 +145,8 @@ def write_owner(lab_id: str) -> None:
 
 
 def forget_owner(lab_id: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):  # already forgotten
         (STATE_DIR / f"{lab_id}.pid").unlink()
-    except FileNotFoundError:
-        pass
 
 
 def owner_alive(lab_id: str) -> bool:

@@ -102,7 +102,7 @@ class LabNode:
                 if info["registered"] or not wait_registered:
                     return self
             except PilotError:
-                pass
+                info = None  # not answering yet: ask again
             time.sleep(0.1)
         raise Timeout(f"node {self.hostname} did not register; log:\n{_read(self.log)[-2000:]}")
 

@@ -25,6 +25,7 @@ hidden file, never outside the inbox.  The framing is specified in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -180,10 +181,8 @@ class IncomingFile:
     def discard(self) -> None:
         if not self._file.closed:
             self._file.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):  # already gone is what we wanted
             os.unlink(self.temp_path)
-        except FileNotFoundError:
-            pass
 
 
 def _mkstemp(directory: str):

@@ -16,6 +16,7 @@ off from every peer.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import stat
@@ -172,10 +173,8 @@ class TrustStore:
         data = (json.dumps(self.to_json(), indent=2) + "\n").encode()
         tmp = self.path + ".tmp"
         try:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)  # left by a crash; O_EXCL below refuses to follow it
-            except FileNotFoundError:
-                pass
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -183,10 +182,8 @@ class TrustStore:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except OSError as e:
-            try:
+            with contextlib.suppress(OSError):  # the error below is the one to report
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise StateError(
                 f"cannot write trust file {self.path}: {e.strerror}",
                 hint="Check free disk space and permissions; the previous trust file is unchanged.",
