@@ -43,7 +43,7 @@ class NameConflict(PilotError):
     code = "name_conflict"
     hint = (
         "One of the beacons holds a stale or forged registration for that name. "
-        "Use the node's address (0:XXXX.XXXX.XXXX) if you know it, and tell the operators of the beacons named here."
+        "Use the node's address instead (the one its 'pilotctl info' shows) if you know it, and tell the operators of the beacons named here."
     )
 
 
