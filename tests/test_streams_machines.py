@@ -26,12 +26,8 @@ from pilotproto.streams import (
 from pilotproto.streams.machine import Symbol, transition_table
 from pilotproto.streams.receiving import RecvEvent, RecvOutput, RecvState
 from pilotproto.streams.sending import SendEvent, SendOutput, SendState
-from pilotproto.streams.stream import (
-    _RECV_OUTPUTS,
-    _SEND_OUTPUTS,
-    IStreamHandler,
-    Stream,
-)
+from pilotproto.streams.handler import IStreamHandler
+from pilotproto.streams.stream import _RECV_OUTPUTS, _SEND_OUTPUTS, Stream
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "streams.md"
 MACHINES = [

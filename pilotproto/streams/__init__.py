@@ -17,10 +17,11 @@ from .errors import (
     StreamError,
     StreamReset,
 )
+from .handler import IStreamHandler
 from .receiving import RecvState
 from .recovery import NewReno
 from .sending import SendState
-from .stream import IStreamHandler, Stream
+from .stream import Stream
 
 __all__ = [
     "CODE_CANCELLED",

@@ -280,14 +280,21 @@ class BBR:
         return self._pacing_rate
 
     def on_packet_sent(self, packet, now: float) -> None:
+        packet.rate = self.rate_snapshot(now)
+        self.on_burst_sent(packet.size)
+
+    def rate_snapshot(self, now: float) -> tuple:
+        """What a packet leaving now remembers for its rate sample (``SentPacket.rate``).
+
+        Nothing is acknowledged between the packets of one burst, so they all share it."""
         if self.bytes_in_flight == 0:
             # Nothing in flight: a rate sample must not span the idle time.
             self.first_sent_time = self.delivered_time = now
-        packet.delivered = self.delivered
-        packet.delivered_time = self.delivered_time
-        packet.first_sent_time = self.first_sent_time
-        packet.app_limited = self.app_limited_until > 0
-        self.bytes_in_flight += packet.size
+        return (self.delivered, self.delivered_time, self.first_sent_time, self.app_limited_until > 0)
+
+    def on_burst_sent(self, size: int) -> None:
+        """Packets made with ``rate_snapshot`` left, ``size`` bytes in all."""
+        self.bytes_in_flight += size
         if self.bytes_in_flight > self._round_max_inflight:
             self._round_max_inflight = self.bytes_in_flight
 
@@ -299,18 +306,27 @@ class BBR:
         self.app_limited_until = max(self.delivered + self.bytes_in_flight, 1)
 
     def on_acked(self, packet, limited: bool) -> None:
-        size = packet.size
+        self.on_acked_packets((packet,), limited)
+
+    def on_acked_packets(self, packets, limited: bool) -> None:
+        """``packets`` (in the order they were sent) were acknowledged by one ACK frame."""
+        size = 0
+        for packet in packets:
+            size += packet.size
         self.bytes_in_flight -= size
         self.delivered += size
         self._acked += size
-        # The newest packet acknowledged (packets are acked in send order here) gives the rate sample.
-        if packet.delivered >= self._rs_prior_delivered:
-            self._rs_prior_delivered = packet.delivered
-            self._rs_prior_time = packet.delivered_time
-            self._rs_send_elapsed = packet.time_sent - packet.first_sent_time
-            self._rs_app_limited = packet.app_limited
-            self._rs_newest_sent = packet.time_sent
-            self.first_sent_time = packet.time_sent
+        # The newest packet acknowledged gives the rate sample: packets are acked in send order,
+        # and what each remembers as delivered never falls from one packet to the next.
+        newest = packets[-1]
+        delivered, delivered_time, first_sent_time, app_limited = newest.rate
+        if delivered >= self._rs_prior_delivered:
+            self._rs_prior_delivered = delivered
+            self._rs_prior_time = delivered_time
+            self._rs_send_elapsed = newest.time_sent - first_sent_time
+            self._rs_app_limited = app_limited
+            self._rs_newest_sent = newest.time_sent
+            self.first_sent_time = newest.time_sent
 
     def on_lost(self, lost: list, now: float, persistent: bool) -> None:
         for packet in lost:

@@ -97,6 +97,11 @@ class Reassembly:
             # longer chunk, never drop bytes the sender counts as delivered.
             self._chunks[offset] = data
 
+    @property
+    def waiting(self) -> bool:
+        """Chunks wait for a gap before them to fill."""
+        return bool(self._heap)
+
     def _in_order(self, chunk: bytes) -> None:
         self.offset += len(chunk)
         self.pending.append(chunk)

@@ -34,18 +34,15 @@ from .incoming import PeerStreamIds
 from .packets import ReceivedPackets
 from .recovery import Pacer, Recovery
 from .scheduler import FrameScheduler
-from .stream import K_STREAM, Stream
+from .outgoing import MAX_PACKET, PacketsOut, cancel_call
+from .handler import K_STREAM
+from .stream import Stream
 
-#: the default largest packet (type byte to the last frame); each connection has its own ``max_packet``
-MAX_PACKET = 1150
-#: an ACK frame never takes more of a packet than this (about 36 ranges)
-ACK_ROOM = 300
 #: a stream's receive window starts here and auto-tunes up to ``stream_window`` (flow.py)
 STREAM_WINDOW_START = 512 * 1024
-_PING = bytes([PING])
 
 
-class StreamConnection:
+class StreamConnection(PacketsOut):
     log = Logger()
 
     def __init__(
@@ -180,7 +177,7 @@ class StreamConnection:
             return
         self.closed = True
         for call in (self._flush_call, self._ack_call, self._loss_call, self._pace_call):
-            _cancel(call)
+            cancel_call(call)
         self._flush_call = self._ack_call = self._loss_call = self._pace_call = None
         self._fail_all(error or ConnectionClosed())
 
@@ -195,18 +192,37 @@ class StreamConnection:
 
     def packet_received(self, data: bytes) -> None:
         """The plaintext of one session message of type 0x10 from the peer."""
+        if self._receive(data):
+            self._flush()
+
+    def packets_received(self, packets) -> None:
+        """Several such plaintexts that arrived together (one read from the socket).
+
+        The same as ``packet_received`` for each, except that one flush at the
+        end sends what they all made due: one ACK for the lot, and what the
+        windows their ACKs opened allow, as one burst (quinn does the same
+        with what one ``recvmmsg`` returns)."""
+        due = False
+        for data in packets:
+            if self._receive(data):
+                due = True
+        if due and not self.closed:
+            self._flush()
+
+    def _receive(self, data: bytes) -> bool:
+        """Apply one packet; True when a flush is due."""
         if self.closed:
-            return
+            return False
         if type(data) is not bytes:
             data = bytes(data)
         try:
             src_tag, dst_tag, number, eliciting, parsed = frames.parse_packet(data)
         except DecodeError:
             self.stats["packets_malformed"] += 1
-            return
+            return False
         if dst_tag != 0 and dst_tag != self.local_tag:
             self.stats["packets_stale"] += 1
-            return
+            return False
         if self.peer_tag is None:
             self.peer_tag = src_tag
         elif src_tag != self.peer_tag:
@@ -216,21 +232,22 @@ class StreamConnection:
             self.peer_tag = src_tag
             self.stats["peer_restarts"] += 1
         received = self.received
-        if received.is_duplicate(number):
-            self.stats["packets_duplicate"] += 1
-            return
         now = self._clock.seconds()
-        received.record(number, eliciting, now)
+        if not received.receive(number, eliciting, now):
+            self.stats["packets_duplicate"] += 1
+            return False
         stats = self.stats
         stats["packets_received"] += 1
         stats["bytes_received"] += len(data)
         self._receiving = True
+        acknowledged = False
         try:
             for frame in parsed:
                 kind = frame[0]
                 if kind == STREAM:
                     self._on_stream_frame(frame)
                 elif kind == ACK:
+                    acknowledged = True
                     self._on_ack(frame[2], frame[1], now)
                 elif kind == MAX_STREAM_DATA:
                     # It may come before the STREAM frame that opens the
@@ -258,25 +275,33 @@ class StreamConnection:
                 elif kind == PING:
                     received.ack_now = True  # a probe: the sender waits for this ACK to repair a tail
                 if self.closed:
-                    return
+                    return False
         finally:
             self._receiving = False
         if received.ack_pending and not received.ack_now and self._ack_call is None:
             self._ack_call = self._clock.callLater(received.max_ack_delay, self._ack_timer)
-        self._flush()
+        # Most packets a receiver gets (data, no ACK) leave nothing to send and change nothing a
+        # flush looks at (window, data in flight, timers): no flush then.  Whatever this packet
+        # made due (credit, a reset, data written by a callback) shows in the scheduler.
+        return bool(acknowledged or received.ack_now or self._probes or self._scheduler.has_work())
 
     def _on_stream_frame(self, frame) -> None:
         _, stream_id, offset, data, fin, port = frame
-        stream = self._stream_for(stream_id, port)
-        if stream is None:
-            self.stats["frames_for_closed_streams"] += 1
-            return
-        self._grew(stream, stream.receive(offset, data, fin))
+        stream = self.streams.get(stream_id)
+        if stream is None or (port is not None and stream.port is None):
+            stream = self._stream_for(stream_id, port)
+            if stream is None:
+                self.stats["frames_for_closed_streams"] += 1
+                return
+        grew = stream.receive(offset, data, fin)
+        if grew:
+            self._grew(stream, grew)
 
     def _grew(self, stream: Stream, grew: int) -> None:
         if grew:
-            self.window.receive(self.window.highest + grew)
-            if not self.window.allows(self.window.highest):
+            window = self.window
+            window.highest += grew
+            if window.highest > window.limit:
                 self.stats["connection_flow_violations"] += 1
                 stream.protocol_violation()
 
@@ -396,8 +421,10 @@ class StreamConnection:
         self._schedule_flush()
 
     def stream_consumed(self, stream: Stream, n: int) -> None:
-        self.window.consume(n)
-        if self.window.update_due():
+        window = self.window
+        window.consumed += n
+        # ReceiveWindow.update_due, inline: this runs for every packet delivered
+        if window.consumed + window.window - window.limit >= window.window // 4:
             self._scheduler.max_data_due = True
             self._schedule_flush()
 
@@ -405,108 +432,3 @@ class StreamConnection:
         if self.streams.pop(stream.id, None) is not None and not stream.local:
             self._peer_ids.live -= 1
         self._scheduler.forget(stream)
-
-    # -- packets out ---------------------------------------------------------------
-
-    def _schedule_flush(self) -> None:
-        if self._flush_call is None and not self._receiving and not self.closed:
-            self._flush_call = self._clock.callLater(0, self._flush)
-
-    def _has_work(self) -> bool:
-        return bool(self._probes) or self._scheduler.has_work()
-
-    def _flush(self) -> None:
-        """Send what flow control, congestion control and the pacer allow."""
-        _cancel(self._flush_call)
-        self._flush_call = None
-        if self.closed:
-            return
-        now = self._clock.seconds()
-        cc = self.recovery.cc
-        pacer = self.pacer
-        if self.pacing:
-            srtt = self.recovery.smoothed_rtt
-            pacer.refill(now, cc.pacing_rate(srtt), cc.cwnd, srtt)
-        size = self.max_packet
-        paced_out = False
-        if self._send_packets is not None:
-            self._batch = []
-        received = self.received
-        while True:
-            eliciting = self._has_work()
-            if eliciting and not self._probes:
-                if not cc.can_send(size):
-                    eliciting = False
-                elif self.pacing and not pacer.ready(size):
-                    eliciting = False
-                    paced_out = True
-            # Most packets received make nothing to send: no call to _build then.
-            if not (eliciting or (received.ack_pending and received.ack_now)) or not self._build(now, eliciting):
-                break
-        batch, self._batch = self._batch, None
-        if batch:
-            self._send_packets(batch)  # one burst: the socket may hand it to the kernel in one call
-        if self._has_work():
-            if paced_out and self._pace_call is None:
-                self._pace_call = self._clock.callLater(pacer.wait(size), self._pace_timer)
-        elif cc.bytes_in_flight + size <= cc.cwnd:
-            cc.on_app_limited()
-        deadline = self.recovery.deadline()
-        if deadline is not None:
-            call = self._loss_call
-            if call is None or call.getTime() > deadline + 1e-4:
-                _cancel(call)
-                self._loss_call = self._clock.callLater(max(0.0, deadline - now), self._loss_timer)
-
-    def _pace_timer(self) -> None:
-        self._pace_call = None
-        self._flush()
-
-    def _build(self, now: float, eliciting: bool) -> bool:
-        """Build and send one packet; False when there was nothing (allowed) to send."""
-        received = self.received
-        parts = [b""]
-        room = self.max_packet - frames.HEADER_SIZE
-        items = []
-        with_ack = received.ack_pending and (received.ack_now or eliciting)
-        if with_ack:
-            ack = received.build_ack(now, min(room, ACK_ROOM))
-            if ack is not None:
-                parts.append(ack)
-                room -= len(ack)
-        sent_eliciting = False
-        if eliciting:
-            if self._probes:
-                parts.append(_PING)  # the peer acknowledges a probe at once
-                room -= 1
-                sent_eliciting = True
-            sent_eliciting = self._scheduler.fill(parts, items, room) or sent_eliciting
-        if len(parts) == 1:
-            return False
-        number = self._next_number
-        self._next_number = number + 1
-        parts[0] = frames.HEADER.pack(frames.PACKET_TYPE, self.local_tag, self.peer_tag or 0, number)
-        packet = b"".join(parts)
-        size = len(packet)
-        if sent_eliciting:
-            self.recovery.on_sent(number, now, size, items)
-            self.pacer.on_sent(size)
-            if self._probes:
-                self._probes -= 1
-        if with_ack:
-            received.ack_sent()
-            _cancel(self._ack_call)
-            self._ack_call = None
-        stats = self.stats
-        stats["packets_sent"] += 1
-        stats["bytes_sent"] += size
-        if self._batch is not None:
-            self._batch.append(packet)
-        else:
-            self._send_packet(packet)
-        return True
-
-
-def _cancel(call) -> None:
-    if call is not None and call.active():
-        call.cancel()

@@ -70,6 +70,7 @@ class ReceiveWindow:
         self.consumed += n
 
     def update_due(self) -> bool:
+        # (StreamConnection.stream_consumed and Stream.receive inline this test.)
         # Re-advertise once a quarter of the window has been consumed, so the
         # sender never idles waiting for credit on a path with a long RTT.
         return self.consumed + self.window - self.limit >= self.window // 4

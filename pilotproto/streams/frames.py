@@ -48,6 +48,9 @@ _MAX_STREAM_DATA = struct.Struct("!BIQ")
 _DATAGRAM = struct.Struct("!BHH")
 _STREAM = struct.Struct("!BIQH")  # type, stream id, offset, length
 _STREAM_PORT = struct.Struct("!BIHQH")  # type, stream id, port, offset, length
+_STREAM_WITH_FIN = STREAM | STREAM_FIN
+#: a packet header and a STREAM frame header without a port: the bulk data packet (see outgoing.py)
+_HEADER_STREAM = struct.Struct("!BIIQBIQH")
 _ACK_FREQUENCY = struct.Struct("!BIHIB")  # type, sequence, threshold, max ack delay (µs), reordering threshold
 
 ACK_HEAD_SIZE = _ACK_HEAD.size
@@ -245,6 +248,14 @@ def parse_packet(data: bytes):
     Any defect raises :class:`DecodeError`.
     """
     size = len(data)
+    if size >= _HEADER_STREAM.size and data[HEADER_SIZE] & 0xFE == STREAM:
+        # The bulk data packet: one STREAM frame (no port) that ends the packet; one unpack.
+        kind, src, dst, number, ftype, sid, offset, length = _HEADER_STREAM.unpack_from(data, 0)
+        if (
+            kind == PACKET_TYPE and number <= MAX_PACKET_NUMBER and _HEADER_STREAM.size + length == size
+            and offset + length <= MAX_U64
+        ):  # fmt: skip
+            return src, dst, number, True, [(STREAM, sid, offset, data[_HEADER_STREAM.size :], ftype == _STREAM_WITH_FIN, None)]
     if size < HEADER_SIZE:
         raise DecodeError(f"stream packet of {size} bytes is shorter than its header")
     kind, src, dst, number = HEADER.unpack_from(data, 0)

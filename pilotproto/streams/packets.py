@@ -49,6 +49,24 @@ class ReceivedPackets:
         i = bisect.bisect_right(self._lo, number) - 1
         return i >= 0 and number <= self._hi[i]
 
+    def receive(self, number: int, ack_eliciting: bool, now: float) -> bool:
+        """:meth:`record` a packet unless it is a duplicate (False then)."""
+        hi = self._hi
+        if hi and number == hi[-1] + 1:
+            # The next packet in order, the common case: extend the newest range.
+            hi[-1] = number
+            self.largest_received_at = now
+            if ack_eliciting:
+                self.ack_pending = True
+                self.unacked_eliciting += 1
+                if self.unacked_eliciting >= self.ack_every:
+                    self.ack_now = True
+            return True
+        if self.is_duplicate(number):
+            return False
+        self.record(number, ack_eliciting, now)
+        return True
+
     def record(self, number: int, ack_eliciting: bool, now: float) -> None:
         """Note a new (non-duplicate) packet and decide how soon to acknowledge it."""
         lo, hi = self._lo, self._hi

@@ -22,7 +22,10 @@ controller's ``pacing_rate``.  A controller provides ``cwnd``,
 ``bytes_in_flight``, ``can_send(size)``, ``on_packet_sent(packet, now)``,
 ``on_acked(packet, limited)``, ``on_lost(lost, now, persistent)``,
 ``on_ack_finished(now)``, ``on_app_limited()``, ``discard(packet)`` and
-``pacing_rate(smoothed_rtt)``.
+``pacing_rate(smoothed_rtt)``; and, for the bulk path, which handles a burst
+of packets or the packets of one ACK at once, ``rate_snapshot(now)`` (the
+``SentPacket.rate`` of the packets about to leave), ``on_burst_sent(size)``
+and ``on_acked_packets(packets, limited)``.
 """
 
 from __future__ import annotations
@@ -45,25 +48,21 @@ IN_FLIGHT, ACKED, LOST = 0, 1, 2
 
 
 class SentPacket:
-    __slots__ = (
-        "number", "time_sent", "size", "items", "state", "seq",
-        "delivered", "delivered_time", "first_sent_time", "app_limited", "seq_gap",
-    )  # fmt: skip
+    __slots__ = ("number", "time_sent", "size", "items", "state", "seq", "rate", "seq_gap")
 
-    def __init__(self, number: int, time_sent: float, size: int, items: list, seq: int):
+    def __init__(self, number: int, time_sent: float, size: int, items, seq: int, rate: tuple | None = None):
         self.number = number
         self.time_sent = time_sent
         self.size = size
+        #: what the packet's frames carried (a list or tuple of the connection's items)
         self.items = items
         self.state = IN_FLIGHT
         #: position among ack-eliciting packets: consecutive lost packets have consecutive seq
         self.seq = seq
-        # Delivery-rate sampling (set by a controller that samples, see bbr.py): how much the
-        # connection had delivered, and when, as this packet left.
-        self.delivered = 0
-        self.delivered_time = time_sent
-        self.first_sent_time = time_sent
-        self.app_limited = False
+        #: delivery-rate sampling (set by a controller that samples, see bbr.py): how much the
+        #: connection had delivered, when, when the sending that led to it started, and whether
+        #: the sender was app-limited, as this packet left; one tuple, shared by a burst's packets
+        self.rate = (0, time_sent, time_sent, False) if rate is None else rate
         #: when declared lost: how many packet numbers past it were acknowledged
         self.seq_gap = 0
 
@@ -87,6 +86,18 @@ class NewReno:
 
     def on_packet_sent(self, packet: SentPacket, now: float) -> None:
         self.bytes_in_flight += packet.size
+
+    def rate_snapshot(self, now: float) -> tuple:
+        """NewReno samples no delivery rate: every packet of a burst gets the default."""
+        return (0, now, now, False)
+
+    def on_burst_sent(self, size: int) -> None:
+        """Packets made with ``rate_snapshot`` left, ``size`` bytes in all."""
+        self.bytes_in_flight += size
+
+    def on_acked_packets(self, packets: list, limited: bool) -> None:
+        for packet in packets:
+            self.on_acked(packet, limited)
 
     def on_ack_finished(self, now: float) -> None:
         """Every packet of one ACK frame has been through ``on_lost``/``on_acked``."""
@@ -218,6 +229,19 @@ class Recovery:
         self.cc.on_packet_sent(packet, now)
         return packet
 
+    def next_seq(self) -> int:
+        """The ``seq`` of the next ack-eliciting packet (for a burst made outside :meth:`on_sent`)."""
+        return self._seq
+
+    def on_burst_sent(self, packets: list, now: float, size: int) -> None:
+        """``packets`` (made with ``next_seq()`` onwards and the controller's ``rate_snapshot(now)``)
+        left at ``now``, ``size`` bytes in all: :meth:`on_sent` for each, in one call."""
+        self._seq += len(packets)
+        self.sent.extend(packets)
+        self.eliciting_in_flight += len(packets)
+        self.last_eliciting_sent = now
+        self.cc.on_burst_sent(size)
+
     # -- acknowledgements ----------------------------------------------------
 
     def on_ack(self, ranges: tuple, delay: float, now: float, limited: bool):
@@ -226,19 +250,30 @@ class Recovery:
         if largest > self.largest_acked:
             self.largest_acked = largest
         ascending = ranges[::-1]
-        j = 0
-        last = len(ascending) - 1
         acked = []
-        for packet in self.sent:
-            number = packet.number
-            if number > largest:
-                break
-            while ascending[j][1] < number and j < last:
-                j += 1
-            lo, hi = ascending[j]
-            if lo <= number <= hi and packet.state == IN_FLIGHT:
-                packet.state = ACKED
-                acked.append(packet)
+        sent = self.sent
+        if len(ranges) == 1 and sent and sent[0].number >= ranges[0][0]:
+            # The common ACK: one range from at or below the oldest packet kept.  Every packet up to
+            # its top is acknowledged (or was declared lost): drop them now, which spares _trim.
+            popleft = sent.popleft
+            while sent and sent[0].number <= largest:
+                packet = popleft()
+                if packet.state == IN_FLIGHT:
+                    packet.state = ACKED
+                    acked.append(packet)
+        else:
+            j = 0
+            last = len(ascending) - 1
+            for packet in sent:
+                number = packet.number
+                if number > largest:
+                    break
+                while ascending[j][1] < number and j < last:
+                    j += 1
+                lo, hi = ascending[j]
+                if lo <= number <= hi and packet.state == IN_FLIGHT:
+                    packet.state = ACKED
+                    acked.append(packet)
         late = self._late(ascending, now) if self._recent_lost else ()
         if not acked:
             return list(late), []
@@ -248,8 +283,7 @@ class Recovery:
             self._update_rtt(now - newest.time_sent, delay, now)
         lost = self._detect_lost(now)
         cc = self.cc
-        for packet in acked:
-            cc.on_acked(packet, limited)
+        cc.on_acked_packets(acked, limited)
         cc.on_ack_finished(now)
         self._trim()
         self.pto_count = 0

@@ -21,15 +21,15 @@ from collections import Counter, deque
 from . import frames, receiving
 from .ackfreq import AckFrequency
 from .flow import ReceiveWindow, SendCredit
-from .stream import (
+from .handler import (
     K_ACK_FREQUENCY,
     K_MAX_DATA,
     K_MAX_STREAM_DATA,
     K_RESET,
     K_STOP,
     K_STREAM,
-    Stream,
 )
+from .stream import Stream
 
 _CONTROL_ROOM = 32  # the largest control frame, with margin
 
@@ -59,9 +59,25 @@ class FrameScheduler:
             or self._ack_frequency.due is not None
         )  # fmt: skip
 
+    def bulk_stream(self) -> Stream | None:
+        """The stream the next packets should carry whole, when nothing else is owed and it is the only
+        one with data: the bulk-transfer case, which ``outgoing.PacketsOut._send_burst`` builds in one loop.  Packets
+        full of one stream's new data are what ``fill`` would make then, one frame each."""
+        if (
+            len(self._ready) != 1 or self._control or self._datagrams or self.max_data_due
+            or self._ack_frequency.due is not None
+        ):  # fmt: skip
+            return None
+        stream = next(iter(self._ready))
+        return stream if stream.sends_new_data_only() else None
+
     def stream_ready(self, stream: Stream) -> None:
         """``stream`` may have STREAM frames to send."""
         self._ready[stream] = None
+
+    def stream_done(self, stream: Stream) -> None:
+        """``stream`` has no more frames to send for now (``stream_ready`` queues it again)."""
+        self._ready.pop(stream, None)
 
     def stream_control(self, stream: Stream) -> None:
         """``stream`` may owe control frames."""
@@ -154,17 +170,37 @@ class FrameScheduler:
     # -- what sent packets carried --------------------------------------------------
 
     def acked(self, packets: list) -> float | None:
-        """``packets`` were acknowledged; returns the ack delay the peer now keeps, if that changed."""
+        """``packets`` were acknowledged; returns the ack delay the peer now keeps, if that changed.
+
+        Consecutive frames of one stream (a bulk transfer's packets, in order) are told to it as
+        one range: one ``on_frame_acked`` per ACK rather than per packet.  Any other item first
+        tells the range gathered so far, so every owner hears of its items in the order sent."""
         delay = None
+        stream = None  # the range gathered: stream, start, end, fin
+        start = end = 0
+        fin = False
         for packet in packets:
             for item in packet.items:
                 kind = item[0]
                 if kind == K_STREAM:
-                    item[1].on_frame_acked(item[2], item[3], item[4])
-                elif kind == K_RESET:
+                    if item[1] is stream and item[2] == end and not fin:
+                        end += item[3]
+                        fin = item[4]
+                        continue
+                    if stream is not None:
+                        stream.on_frame_acked(start, end - start, fin)
+                    _, stream, start, length, fin = item
+                    end = start + length
+                    continue
+                if stream is not None:
+                    stream.on_frame_acked(start, end - start, fin)
+                    stream = None
+                if kind == K_RESET:
                     item[1].on_reset_acked()
                 elif kind == K_ACK_FREQUENCY:
                     delay = self._ack_frequency.acked(item[1]) or delay
+        if stream is not None:
+            stream.on_frame_acked(start, end - start, fin)
         return delay
 
     def lost(self, packets: list) -> None:

@@ -22,45 +22,13 @@ from __future__ import annotations
 
 from collections import deque
 
-from zope.interface import Interface
-
 from . import frames, receiving, sending
 from .buffers import AckedRanges, Reassembly
 from .errors import CODE_CANCELLED, CODE_PROTOCOL, StreamError, error_for_code
 from .flow import ReceiveWindow, SendCredit
+from .handler import K_STREAM
 from .receiving import RecvEvent, RecvOutput, RecvState
 from .sending import SendEvent, SendOutput, SendState
-
-#: what a sent packet carried, for the connection to act on when it is acked or lost
-K_STREAM, K_MAX_DATA, K_MAX_STREAM_DATA, K_RESET, K_STOP, K_ACK_FREQUENCY = range(6)
-
-
-class IStreamHandler(Interface):
-    """What a stream tells its user (a StreamTransport, or a test)."""
-
-    def data_received(data):
-        "bytes arrived in order"
-
-    def eof_received():
-        "the peer finished sending; every byte before it was delivered"
-
-    def accepted():
-        "the peer accepted a stream this side opened"
-
-    def pause_writing():
-        "the send buffer is full: stop writing"
-
-    def resume_writing():
-        "the send buffer drained: writing may resume"
-
-    def send_finished():
-        "every byte written and the FIN were acknowledged by the peer"
-
-    def stream_closed():
-        "both directions finished cleanly (our FIN acknowledged, theirs delivered)"
-
-    def stream_failed(reason):
-        "the stream was reset, refused, or its connection closed; reason is a PilotError"
 
 
 class Stream:
@@ -150,6 +118,15 @@ class Stream:
         return self.write_offset - self._acked.prefix
 
     @property
+    def send_buffer(self) -> bytearray:
+        """The bytes written and not yet compacted away; byte ``send_buffer_offset`` of the stream first."""
+        return self._buf
+
+    @property
+    def send_buffer_offset(self) -> int:
+        return self._buf_offset
+
+    @property
     def buffered_receive_bytes(self) -> int:
         """Bytes received but not yet handed to the application (in order or not)."""
         return self.window.highest - self.window.consumed if self.receiving in receiving.READING else 0
@@ -184,6 +161,15 @@ class Stream:
         if self.sent_offset < self.write_offset and self.credit.available() > 0:
             return True
         return self.sending is SendState.DATA_SENT and not self.fin_sent and self.sent_offset == self.write_offset
+
+    def sends_new_data_only(self) -> bool:
+        """The next frames are new bytes past the first frame, nothing to resend: ``outgoing.py`` may
+        cut them itself, as ``next_frame`` would (the first frame, with its port, goes the usual way)."""
+        return (
+            (self.sending is SendState.SEND or self.sending is SendState.DATA_SENT)
+            and not (self._retx or self._retx_fin or self.announce)
+            and self.write_offset > self.sent_offset > 0
+        )
 
     def next_frame(self, room: int, connection_credit: int):
         """``(frame_bytes, item, new_bytes)`` of at most ``room`` bytes, or None."""
@@ -273,6 +259,33 @@ class Stream:
 
     def receive(self, offset: int, data: bytes, fin: bool) -> int:
         """Apply a STREAM frame; returns the growth of the highest offset (for connection flow control)."""
+        reassembly = self._reassembly
+        window = self.window
+        if (
+            offset == reassembly.offset and not fin and self.receiving is RecvState.RECV
+            and not reassembly.pending and not reassembly.waiting and self.handler is not None
+            and not self.reading_paused and self.peer_seen
+        ):  # fmt: skip
+            # The bulk case: the next bytes in order, nothing queued before them, a reader waiting.
+            # What DATA, REASSEMBLE and _drain would do, without the queue.
+            end = offset + len(data)
+            if end <= window.limit:
+                grew = end - window.highest
+                if grew > 0:
+                    window.highest = end
+                else:
+                    grew = 0
+                if data:
+                    reassembly.offset = end
+                    # _consumed, inline
+                    size = len(data)
+                    window.consumed += size
+                    self._conn.stream_consumed(self, size)
+                    if window.consumed + window.window - window.limit >= window.window // 4:
+                        self.max_data_due = True
+                        self._conn.stream_control(self)
+                    self.handler.data_received(data)
+                return grew
         if not self.peer_seen:
             self.peer_seen = True
             if self.local and self.handler is not None:
@@ -280,16 +293,16 @@ class Stream:
         end = offset + len(data)
         if (
             (self.final_size is not None and (end > self.final_size or (fin and end != self.final_size)))
-            or (fin and end < self.window.highest)
-            or not self.window.allows(end)
+            or (fin and end < window.highest)
+            or not window.allows(end)
         ):
             self._step_recv(RecvEvent.VIOLATION)
             return 0
-        grew = self.window.receive(end)
+        grew = window.receive(end)
         if fin:
             self.final_size = end
         self._step_recv(RecvEvent.FIN if fin else RecvEvent.DATA, (offset, data))
-        if self._reassembly.offset == self.final_size:
+        if reassembly.offset == self.final_size:
             self._step_recv(RecvEvent.ALL_RECEIVED)
         self._drain()
         return grew

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .receiving import READING
-from .stream import IStreamHandler
+from .handler import IStreamHandler
 
 
 @attrs.frozen
