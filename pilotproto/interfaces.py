@@ -47,6 +47,9 @@ class IRelay(Interface):
     def send_relay(destination, payload):
         """Send one tunnel packet to the node whose 6-byte address is ``destination``."""
 
+    def send_relay_many(destination, payloads):
+        """Send several tunnel packets (one burst, in order) to ``destination``: they leave together (GSO, one TLS write)."""
+
     def relay_kind():
         """How relayed packets leave this node now: ``"relay"`` (UDP) or ``"relay-tcp"`` (TLS)."""
 
@@ -188,6 +191,9 @@ class ISessions(Interface):
 
     def tunnel_packet_received(data, source):
         """A tunnel packet from ``source`` (``Direct`` from a peer, ``Relayed`` through the beacon)."""
+
+    def tunnel_packets_received(packets, source):
+        """Several tunnel packets, in order, from one source: a ``Direct`` peer (a GRO read) or a ``Relayed`` sender (its frames of one beacon burst)."""
 
     def open_stream(target, port):
         """A Deferred firing with ``(peer record, stream)`` for a new stream to ``target``'s ``port``."""

@@ -281,6 +281,10 @@ class _Wire:
     def send(self, data, destination, ttl=None):
         self.pair.deliver(self.me, data, destination)
 
+    def send_many(self, packets, destination):
+        for data in packets:
+            self.pair.deliver(self.me, data, destination)
+
 
 @implementer(IRelay)
 class _Relay:
@@ -291,6 +295,10 @@ class _Relay:
 
     def send_relay(self, destination, payload):
         self.pair.relay(self.me, destination, payload)
+
+    def send_relay_many(self, destination, payloads):
+        for payload in payloads:
+            self.pair.relay(self.me, destination, payload)
 
     def relay_kind(self):
         return "relay"

@@ -211,11 +211,19 @@ class RecordingTunnelOwner:
         if self._route is not None:
             self._route(peer_key, packet)
 
+    def tunnel_send_many(self, peer_key, packets):
+        for packet in packets:
+            self.tunnel_send(peer_key, packet)
+
     def tunnel_authenticated(self, peer_key, source, size):
         self.events.append(("authenticated", peer_key, source, size))
 
     def tunnel_data(self, peer_key, plaintext, source):
         self.events.append(("data", peer_key, plaintext, source))
+
+    def tunnel_data_many(self, peer_key, plaintexts, source):
+        for plaintext in plaintexts:
+            self.tunnel_data(peer_key, plaintext, source)
 
     def tunnel_up(self, peer_key):
         self.events.append(("up", peer_key))

@@ -44,6 +44,10 @@ class NetUDP:
             if other_ep == destination:
                 net.clock.callLater(HOP, other.tunnel_packet_received, data, Direct(self.endpoint))
 
+    def send_many(self, packets, destination):
+        for data in packets:
+            self.send(data, destination)
+
 
 @implementer(IRelay)
 class NetRelay:

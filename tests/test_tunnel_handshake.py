@@ -285,3 +285,29 @@ def test_the_owner_hears_data_and_authentication_with_the_typed_source():
     assert data == ("data", a_key, b"payload", SOURCES["a"])
     assert authenticated[:3] == ("authenticated", a_key, SOURCES["a"]) and authenticated[3] > len(b"payload")
     assert ("up", b_key) in net.owners["a"].events
+
+
+def test_a_burst_is_sealed_at_once_and_a_gro_read_opens_in_order_with_the_replay_window_exact():
+    net = Net()
+    net.tunnel("a").connect()
+    net.run(0.1)
+    net.owners["a"].sent.clear()
+    burst = [b"packet %d" % i for i in range(5)]
+    net.sent.clear()
+    net.tunnel("a").send_data_many(burst)
+    packets = [p for s, _, p in net.sent if s == "a"]
+    assert len(packets) == 5 and net.tunnel("a").stats["data_sent"] >= 5
+    # Reordered, with a replay, a forgery and a keepalive-sized stranger inside one read.
+    tampered = packets[3][:-1] + bytes([packets[3][-1] ^ 1])
+    read = [packets[1], packets[0], tampered, packets[1], packets[3], packets[2], packets[4], packets[0]]
+    before = dict(net.eps["b"].stats)
+    authenticated = len([e for e in net.owners["b"].events if e[0] == "authenticated"])
+    net.eps["b"].packets_received(read, SOURCES["a"], net.link("b", "a"))
+    assert net.received["b"][-5:] == [b"packet 1", b"packet 0", b"packet 3", b"packet 2", b"packet 4"]
+    stats = net.eps["b"].stats
+    assert stats["data_replayed"] - before.get("data_replayed", 0) == 2
+    assert stats["data_auth_failed"] - before.get("data_auth_failed", 0) == 1
+    assert stats["data_received"] - before.get("data_received", 0) == 5
+    # One run of one tunnel: the path hears once, with the size of what opened.
+    events = [e for e in net.owners["b"].events if e[0] == "authenticated"][authenticated:]
+    assert events == [("authenticated", net.ids["a"].public_key, SOURCES["a"], sum(map(len, packets)))]

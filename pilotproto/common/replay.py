@@ -63,6 +63,16 @@ class ReplayWindow:
         self._blocks[block] |= bit
         return True
 
+    def mark(self, counter: int) -> None:
+        """Record ``counter``, which :meth:`check` has just passed (the record
+        layer's per-packet form of :meth:`accept`, without checking twice)."""
+        blocks = self._blocks
+        if counter > self._newest:
+            if counter // BLOCK_BITS != self._newest // BLOCK_BITS:
+                self._advance(counter)
+            self._newest = counter
+        blocks[(counter // BLOCK_BITS) % len(blocks)] |= 1 << (counter % BLOCK_BITS)
+
     def _advance(self, counter: int) -> None:
         first_new = self._newest // BLOCK_BITS + 1 if self._newest >= 0 else 0
         last_new = counter // BLOCK_BITS

@@ -58,6 +58,8 @@ class NodeDatagramProtocol(DatagramProtocol):
         if not IDatagramRouter.providedBy(router):
             raise TypeError(f"{router!r} does not provide IDatagramRouter")
         self._router = router
+        # The node's router takes a read's packets from one sender at once; another router one at a time.
+        self._router_many = getattr(router, "datagrams_received", None)
         self._sources = DirectSources()
         self.counters = counters
 
@@ -74,6 +76,19 @@ class NodeDatagramProtocol(DatagramProtocol):
             self.counters["dropped_bad_source"] += 1
             return
         self._router.datagram_received(data, source)
+
+    def packets_received(self, packets: list, addr) -> None:
+        """From the socket port: several packets, in order, from one sender."""
+        try:
+            source = self._sources.get(addr)
+        except ValueError:
+            self.counters["dropped_bad_source"] += len(packets)
+            return
+        if self._router_many is not None:
+            self._router_many(packets, source)
+            return
+        for data in packets:
+            self._router.datagram_received(data, source)
 
 
 @implementer(IDatagramSender)
@@ -115,7 +130,8 @@ class UDPService(service.Service):
         try:
             if isinstance(self._reactor, PosixReactorBase):
                 self._socket = SocketPort.listen(self._reactor, self._port_number, self._interface,
-                                                 self._protocol.packet_received, self.counters, self._batching)
+                                                 self._protocol.packet_received, self.counters, self._batching,
+                                                 deliver_many=self._protocol.packets_received)
             else:
                 self._listening = self._reactor.listenUDP(self._port_number, self._protocol, interface=self._interface)
         except CannotListenError as e:
@@ -134,7 +150,8 @@ class UDPService(service.Service):
             try:
                 if isinstance(self._reactor, PosixReactorBase):
                     self._socket6 = SocketPort.listen(self._reactor, number, "::", self._protocol.packet_received,
-                                                      self.counters, self._batching)
+                                                      self.counters, self._batching,
+                                                      deliver_many=self._protocol.packets_received)
                 else:
                     self._listening6 = self._reactor.listenUDP(number, self._protocol6, interface="::")
                 return
@@ -212,8 +229,7 @@ class UDPService(service.Service):
             if sock is None:
                 self.counters["send_no_socket"] += len(packets)
                 return
-            for packet in packets:
-                sock.enqueue(packet, addr)
+            sock.enqueue_many(packets, addr)
             return
         for packet in packets:
             self._write(packet, destination, None)

@@ -70,8 +70,14 @@ class IPathOwner(Interface):
     def send_datagram(packet, endpoint, via=None):
         """Send one tunnel packet straight to ``endpoint`` over UDP (from socket ``via`` if given)."""
 
+    def send_datagrams(packets, endpoint, via=None):
+        """Send several tunnel packets (one burst, in order) straight to ``endpoint`` (from socket ``via``)."""
+
     def send_relay(packet):
         """Send one tunnel packet to the peer through the beacon's relay."""
+
+    def send_relay_many(packets):
+        """Send several tunnel packets (one burst, in order) to the peer through the beacon's relay."""
 
     def send_probe(endpoint, ttl=None, via=None):
         """Seal one PathProbe and send it to ``endpoint`` (with IP TTL ``ttl``, from socket ``via``, if given)."""
@@ -165,15 +171,28 @@ class PeerPath:
 
     def send(self, packet: bytes) -> None:
         self.bytes_sent += len(packet)
-        if self._on_direct and self.unanswered_since is None:
-            # Expect an answer; if none comes, probe quickly to find out.
-            self.unanswered_since = self._clock.seconds()
-            self.unanswered_probes = 0
-            self._arm(self.timers.check_interval, self.keepalive_tick)
-        if self._on_direct:
-            self._owner.send_datagram(packet, self.direct, via=self.direct_via)
-        else:
+        if not self._on_direct:
             self._owner.send_relay(packet)
+            return
+        if self.unanswered_since is None:
+            self._expect_answer()
+        self._owner.send_datagram(packet, self.direct, via=self.direct_via)
+
+    def send_many(self, packets: list) -> None:
+        """:meth:`send` for a burst: the bookkeeping once, the packets together."""
+        self.bytes_sent += sum(map(len, packets))
+        if not self._on_direct:
+            self._owner.send_relay_many(packets)
+            return
+        if self.unanswered_since is None:
+            self._expect_answer()
+        self._owner.send_datagrams(packets, self.direct, via=self.direct_via)
+
+    def _expect_answer(self) -> None:
+        # Expect an answer; if none comes, probe quickly to find out.
+        self.unanswered_since = self._clock.seconds()
+        self.unanswered_probes = 0
+        self._arm(self.timers.check_interval, self.keepalive_tick)
 
     def add_candidates(self, endpoints, lan=()) -> None:
         if not self.allow_direct:
@@ -207,7 +226,7 @@ class PeerPath:
         if not isinstance(source, Direct) or not self.allow_direct:
             return
         endpoint = source.endpoint
-        if endpoint == self.direct:
+        if endpoint is self.direct or endpoint == self.direct:
             self.direct_seen = self._clock.seconds()
             self.unanswered_since = None
             self.unanswered_probes = 0

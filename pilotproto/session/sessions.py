@@ -37,7 +37,7 @@ from ..wire import session as smsg
 from ..wire.sources import Direct, Relayed
 from .birthday_schedule import BirthdayOptions
 from .paths import PathTimers
-from .peer import STREAM_PACKET, Peer, PeerLinks
+from .peer import STREAM_TYPE, Peer, PeerLinks
 
 #: after telling a revoked peer (Close), wait this long before dropping its keys
 CLOSE_GRACE = 0.2
@@ -111,12 +111,20 @@ class Sessions:
 
     def tunnel_packet_received(self, data: bytes, source: Direct | Relayed) -> None:
         """A tunnel packet from ``source``; a reply (a cookie) goes back the way it came."""
+        self.endpoint.datagram_received(data, source, self._reply_to(source))
+
+    def tunnel_packets_received(self, packets, source: Direct | Relayed) -> None:
+        """Several tunnel packets from one ``source`` (a GRO read, or one relayed
+        sender's frames of a beacon burst), in order."""
+        self.endpoint.packets_received(packets, source, self._reply_to(source))
+
+    def _reply_to(self, source: Direct | Relayed):
+        """How a reply (a cookie) goes back the way a packet came."""
         if isinstance(source, Direct):
-            self.endpoint.datagram_received(data, source, lambda packet: self._links.udp.send(packet, source.endpoint))
-        elif isinstance(source, Relayed):
-            self.endpoint.datagram_received(data, source, lambda packet: self._links.relay.send_relay(source.sender, packet))
-        else:
-            raise TypeError(f"a tunnel packet comes straight from a peer or through the relay, not from {source!r}")
+            return lambda packet: self._links.udp.send(packet, source.endpoint)
+        if isinstance(source, Relayed):
+            return lambda packet: self._links.relay.send_relay(source.sender, packet)
+        raise TypeError(f"a tunnel packet comes straight from a peer or through the relay, not from {source!r}")
 
     # -- ITunnelOwner: what the tunnels ask and tell -------------------------------------
 
@@ -124,6 +132,11 @@ class Sessions:
         peer = self._record(peer_key)
         if peer is not None:
             peer.path.send(packet)
+
+    def tunnel_send_many(self, peer_key: bytes, packets: list) -> None:
+        peer = self._record(peer_key)
+        if peer is not None:
+            peer.path.send_many(packets)
 
     def tunnel_authenticated(self, peer_key: bytes, source, size: int) -> None:
         peer = self._record(peer_key)
@@ -134,9 +147,37 @@ class Sessions:
         peer = self._record(peer_key)
         if peer is None or peer.ended:
             return
-        if plaintext[:1] == STREAM_PACKET:
+        if plaintext[0] == STREAM_TYPE:
             peer.stream_connection().packet_received(plaintext)
+        else:
+            self._session_message(peer, plaintext, source)
+
+    def tunnel_data_many(self, peer_key: bytes, plaintexts: list, source) -> None:
+        peer = self._record(peer_key)
+        if peer is None:
             return
+        # Runs of stream packets go up together: one flush, one ACK and one
+        # burst for what a whole read made due (StreamConnection.packets_received).
+        run: list = []
+        for plaintext in plaintexts:
+            if plaintext[0] == STREAM_TYPE:
+                run.append(plaintext)
+                continue
+            if run:
+                self._stream_run(peer, run)
+                run = []
+            if peer.ended:
+                return
+            self._session_message(peer, plaintext, source)
+        if run:
+            self._stream_run(peer, run)
+
+    @staticmethod
+    def _stream_run(peer: Peer, run: list) -> None:
+        if not peer.ended:
+            peer.stream_connection().packets_received(run)
+
+    def _session_message(self, peer: Peer, plaintext: bytes, source) -> None:
         try:
             msg = smsg.decode(plaintext)
         except DecodeError:

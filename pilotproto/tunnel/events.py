@@ -19,6 +19,9 @@ class ITunnelOwner(Interface):
     def tunnel_send(peer_key, packet):
         """Put one tunnel packet (already sealed or stamped) on the path to ``peer_key``."""
 
+    def tunnel_send_many(peer_key, packets):
+        """Put several sealed data packets (one burst, in order) on the path to ``peer_key``."""
+
     def tunnel_authenticated(peer_key, source, size):
         """A packet of ``size`` bytes from ``source`` proved to come from ``peer_key``
         (a data packet that opened, or an initiation that passed every check).
@@ -27,6 +30,11 @@ class ITunnelOwner(Interface):
     def tunnel_data(peer_key, plaintext, source):
         """``plaintext`` (never empty: keepalives are not reported) arrived from
         ``peer_key`` in a packet that came from ``source``."""
+
+    def tunnel_data_many(peer_key, plaintexts, source):
+        """Several plaintexts (none empty), in order, from packets of one burst
+        that came from ``source`` (a GRO read); :meth:`tunnel_authenticated`
+        follows once with their total size."""
 
     def tunnel_up(peer_key):
         """A session with ``peer_key`` can carry data."""

@@ -42,7 +42,7 @@ from twisted.internet.defer import Deferred
 
 from ..common.wiring import check_provides
 from ..errors import Timeout
-from ..wire.tunnel import TunnelCookieReply, TunnelData, TunnelResponse
+from ..wire.tunnel import TunnelCookieReply, TunnelResponse
 from .cookie import CookieJar, stamp_macs
 from .errors import KeyExpired, ReplayError, TunnelClosed, TunnelError
 from .events import ITunnelOwner
@@ -75,7 +75,7 @@ class PeerTunnel:
     goes down; ``indices`` is the endpoint's receiver-index table;
     ``randbytes(n)`` gives ephemeral keys, indices and jitter;
     ``timestamps()`` gives strictly increasing 12-byte timestamps.  Data
-    is not reported from here: :meth:`data_received` returns the plaintext
+    is not reported from here: :meth:`data_packet_received` returns the plaintext
     to the endpoint, which knows the packet's source and reports both.
     """
 
@@ -129,18 +129,27 @@ class PeerTunnel:
 
     def send_data(self, plaintext: bytes) -> None:
         """Seal and send ``plaintext``; queue it (bounded) while no session is usable."""
-        if self.current is not None and self.current.can_seal():
-            self._send(self.current.seal(plaintext))
-            self.stats["data_sent"] += 1
+        self.send_data_many((plaintext,))
+
+    def send_data_many(self, plaintexts) -> None:
+        """:meth:`send_data` for one burst of the stream layer, in order: limits
+        and rekey checked once, the packets handed to the owner together (the
+        path and socket work once a burst: one GSO send)."""
+        session = self.current
+        if session is not None and session.can_seal_many(len(plaintexts)):
+            packets = session.seal_many(plaintexts)
+            self.stats["data_sent"] += len(packets)
+            self._owner.tunnel_send_many(self.remote_ed25519, packets)
             if self._rekey_wanted():
                 self.rekey_due()
             return
-        if self.current is not None:
+        if session is not None:
             self.current_expired()
-        if len(self._queue) >= self.timers.max_queued:
-            self._queue.popleft()
-            self.stats["queue_overflow"] += 1
-        self._queue.append(plaintext)
+        for plaintext in plaintexts:
+            if len(self._queue) >= self.timers.max_queued:
+                self._queue.popleft()
+                self.stats["queue_overflow"] += 1
+            self._queue.append(plaintext)
         self.start()
 
     def outstanding_index(self) -> int | None:
@@ -173,11 +182,14 @@ class PeerTunnel:
     def cookie_received(self, reply: TunnelCookieReply) -> None:
         self.rx_cookie(reply)
 
-    def data_received(self, session: Session, packet: TunnelData) -> bytes | None:
-        """Open a data packet for one of our sessions: its plaintext (empty for
-        a keepalive), or None when it did not authenticate."""
+    def data_packet_received(self, session: Session, data: bytes, counter: int, now: float) -> bytes | None:
+        """Open a data packet for one of our sessions at time ``now``: its
+        plaintext (empty for a keepalive), or None when it did not
+        authenticate.  The endpoint has read the header (``counter``; the
+        receiver index is ``session``'s) and counts what opened
+        (``data_received``), once per burst."""
         try:
-            plaintext = session.open(packet)
+            plaintext = session.open_data(data, counter, now)
         except ReplayError:
             self.stats["data_replayed"] += 1
             return None
@@ -187,7 +199,6 @@ class PeerTunnel:
         except TunnelError:
             self.stats["data_auth_failed"] += 1
             return None
-        self.stats["data_received"] += 1
         if session is self.next:
             self.next_confirmed()
         return plaintext

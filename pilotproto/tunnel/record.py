@@ -22,8 +22,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..common.replay import DEFAULT_WINDOW, ReplayWindow
-from ..wire import DecodeError
-from ..wire.tunnel import TunnelData
+from ..wire import KIND_TUNNEL_DATA, PROTOCOL_VERSION, DecodeError
+from ..wire.tunnel import DATA_HEADER, DATA_HEADER_LEN, TunnelData
 from .errors import KeyExpired, ReplayError, TunnelAuthError
 
 #: Noise's AES-GCM nonce (32 zero bits, then the counter) and the data header, each one struct call per packet
@@ -84,6 +84,9 @@ class Session:
         self._send_counter = 0
         self._window = ReplayWindow(limits.replay_window)
         self.packets_received = 0
+        # Read per packet: plain attributes, not lookups through the frozen limits.
+        self._reject_after_time = limits.reject_after_time
+        self._reject_after_messages = limits.reject_after_messages
 
     def __repr__(self) -> str:
         role = "initiator" if self.is_initiator else "responder"
@@ -111,6 +114,13 @@ class Session:
     def can_seal(self, now: float | None = None) -> bool:
         return not self.expired(now) and self._send_counter < self.limits.reject_after_messages
 
+    def can_seal_many(self, count: int) -> bool:
+        """True when a burst of ``count`` packets can be sealed now (:meth:`seal_many`)."""
+        return (
+            self._clock.seconds() - self.created_at < self._reject_after_time
+            and self._send_counter + count <= self._reject_after_messages
+        )
+
     def seal(self, plaintext: bytes) -> bytes:
         """The whole data packet carrying ``plaintext``; raises KeyExpired past the limits."""
         if self._clock.seconds() - self.created_at >= self.limits.reject_after_time:
@@ -122,27 +132,59 @@ class Session:
         header = _HEADER(self.remote_index, counter)
         return header + self._encrypt(_NONCE.pack(counter), plaintext, header)
 
+    def seal_many(self, plaintexts) -> list[bytes]:
+        """The data packets carrying ``plaintexts``, in order (one burst of the stream layer).
+
+        The limits are checked once for the whole burst; KeyExpired (and
+        nothing sealed) when any packet of it would pass them."""
+        if self._clock.seconds() - self.created_at >= self._reject_after_time:
+            raise KeyExpired(f"session {self.local_index:#010x} is older than {self.limits.reject_after_time:g} s")
+        first = self._send_counter
+        end = first + len(plaintexts)
+        if end > self._reject_after_messages:
+            raise KeyExpired(f"session {self.local_index:#010x} has too few packets left for a burst of {len(plaintexts)}")
+        self._send_counter = end
+        pack_header, nonce, encrypt, remote = DATA_HEADER.pack, _NONCE.pack, self._encrypt, self.remote_index
+        packets = []
+        append = packets.append
+        for counter, plaintext in zip(range(first, end), plaintexts):
+            head = pack_header(KIND_TUNNEL_DATA, PROTOCOL_VERSION, remote, counter)
+            append(head + encrypt(nonce(counter), plaintext, head))
+        return packets
+
+    def open_data(self, data: bytes, counter: int, now: float) -> bytes:
+        """The plaintext of the whole data packet ``data`` at time ``now``.
+
+        The receive path's form of :meth:`open`: the caller has read the
+        header (kind and version checked, ``counter`` its counter) and found
+        this session by its receiver index, so nothing is decoded twice.
+        The header, as received, is the associated data: a changed one fails
+        authentication."""
+        if now - self.created_at >= self._reject_after_time:
+            raise KeyExpired(f"session {self.local_index:#010x} is older than {self.limits.reject_after_time:g} s")
+        if counter >= self._reject_after_messages:
+            raise ReplayError(f"counter {counter} is past this session's limit")
+        window = self._window
+        if not window.check(counter):
+            raise ReplayError(f"counter {counter} was already received or is too old")
+        try:
+            plaintext = self._decrypt(_NONCE.pack(counter), memoryview(data)[DATA_HEADER_LEN:], data[:DATA_HEADER_LEN])
+        except InvalidTag:
+            raise TunnelAuthError(f"data packet {counter} failed authentication") from None
+        # Recorded only now, once authentic: a forged counter never moves the window.
+        window.mark(counter)
+        self.packets_received += 1
+        return plaintext
+
     def open(self, packet: bytes | TunnelData) -> bytes:
         """The plaintext of a data packet addressed to this session."""
         if isinstance(packet, bytes):
             try:
-                packet = TunnelData.decode(packet)
+                decoded = TunnelData.decode(packet)
             except DecodeError as e:
                 raise TunnelAuthError(f"not a tunnel data packet: {e}") from None
-        if packet.receiver_index != self.local_index:
+        else:
+            decoded, packet = packet, packet.encode()
+        if decoded.receiver_index != self.local_index:
             raise TunnelAuthError("data packet addressed to another session")
-        if self.expired():
-            raise KeyExpired(f"session {self.local_index:#010x} is older than {self.limits.reject_after_time:g} s")
-        counter = packet.counter
-        if counter >= self.limits.reject_after_messages:
-            raise ReplayError(f"counter {counter} is past this session's limit")
-        if not self._window.check(counter):
-            raise ReplayError(f"counter {counter} was already received or is too old")
-        header = _HEADER(packet.receiver_index, counter)
-        try:
-            plaintext = self._decrypt(_NONCE.pack(counter), packet.ciphertext, header)
-        except InvalidTag:
-            raise TunnelAuthError(f"data packet {counter} failed authentication") from None
-        self._window.accept(counter)
-        self.packets_received += 1
-        return plaintext
+        return self.open_data(packet, decoded.counter, self._clock.seconds())

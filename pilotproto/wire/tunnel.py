@@ -272,7 +272,8 @@ class TunnelData:
         return packet
 
 
-_DATA_HEADER = struct.Struct("!BBIQ")
+#: kind, version, receiver index, counter: a data packet's header, the one struct the data path reads and writes
+DATA_HEADER = _DATA_HEADER = struct.Struct("!BBIQ")
 _set = object.__setattr__
 
 

@@ -87,8 +87,14 @@ def test_tampered_and_replayed_packets_are_dropped_and_counted(pair):
         else:
             original(data, destination, ttl)
 
-    # Every layer sends through the one IDatagramSender it was wired with.
+    def hold_bursts(packets, destination):
+        for data in packets:
+            hold_data_packets(data, destination)
+
+    # Every layer sends through the one IDatagramSender it was wired with
+    # (the tunnel's data packets as bursts, with send_many).
     a.udp.send = hold_data_packets
+    a.udp.send_many = hold_bursts
     ping = a.ping("agent-b", count=1, timeout=3)
     yield sleep(0.1)
     assert held, "expected A to send B a direct data packet"
