@@ -1,6 +1,8 @@
 """Issue 13 item 5: the beacon's UDP relay reads only a frame's header, builds
 no Endpoint for a validated sender, and keeps every rule of the slow path."""
 
+import sys
+
 import pytest
 from helpers import SignedNode
 from hypothesis import given
@@ -176,3 +178,79 @@ def test_forwarded_frames_go_straight_to_the_socket(world):
     assert [addr for _, addr in Transport.socket.sent] == [B]
     assert relay.decode_from_beacon(Transport.socket.sent[0][0]).payload == b"fast"
     assert world.udp.transport.written == []  # not through Twisted's write
+
+
+class _GSOSocket:
+    """A socket that records plain and GSO sends."""
+
+    def __init__(self):
+        self.sends = []
+
+    def sendto(self, data, addr):
+        self.sends.append(([bytes(data)], addr))
+
+    def sendmsg(self, buffers, ancdata, flags, addr):
+        [(_, _, segment)] = ancdata
+        data, size = b"".join(buffers), int.from_bytes(segment, sys.byteorder)
+        self.sends.append(([data[i:i + size] for i in range(0, len(data), size)], addr))
+
+
+def test_a_read_batch_forwards_a_burst_in_one_gso_send_the_same_frames_as_one_by_one(world):
+    a, b = world.node(A, "alpha"), world.node(B, "beta")
+    sock = _GSOSocket()
+    world.udp.transport.socket = sock
+    world.udp.gso = True
+    world.udp.datagramReceived(a.relay_frame(b, b"\xc4first"), A)  # makes the sender's relay state
+    replayed = a.relay_frame(b, b"\xc4" * 100)
+    forged = bytearray(a.relay_frame(b, b"\xc4" * 100))
+    forged[-1] ^= 1
+    burst = [a.relay_frame(b, b"\xc4" * 100), replayed, replayed, bytes(forged), a.relay_frame(b, b"\xc4" * 100)]
+    sock.sends.clear()
+    world.udp.batch_started()
+    world.udp.datagrams_received(burst, A)
+    assert sock.sends == []  # held until the batch ends
+    world.udp.batch_done()
+    [(frames, addr)] = sock.sends
+    assert addr == B and [relay.decode_from_beacon(f).payload for f in frames] == [b"\xc4" * 100] * 3
+    counters = world.server.counters
+    assert (counters["relay_dropped_replay"], counters["relay_dropped_bad_tag"], counters["relayed_frames"]) == (1, 1, 4)
+
+
+def test_the_port_reads_a_gso_burst_in_one_call_and_hands_it_over_whole():
+    import socket
+    import struct
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from pilotproto.beacon.protocol import BatchingPort
+
+    class Recording(BeaconDatagramProtocol):
+        def __init__(self):
+            super().__init__(server=None)
+            self.got = []
+
+        def startProtocol(self):
+            """No buffers to ask for here."""
+
+        def datagrams_received(self, packets, addr):
+            self.got.append(list(packets))
+
+        def datagramReceived(self, data, addr):
+            self.got.append([data])
+
+    proto = Recording()
+    port = BatchingPort(0, proto, interface="127.0.0.1", reactor=MemoryReactorClock())
+    port.startListening()
+    try:
+        if not port.gro:
+            pytest.skip("no UDP_GRO on this kernel")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            try:
+                sender.sendmsg([b"a" * 100 + b"b" * 100 + b"c" * 60], [(socket.SOL_UDP, 103, struct.pack("=H", 100))], 0, port.socket.getsockname())
+            except OSError:
+                pytest.skip("no UDP GSO on this kernel")
+            sender.sendto(b"alone", port.socket.getsockname())
+        port.doRead()
+        assert proto.got == [[b"a" * 100, b"b" * 100, b"c" * 60], [b"alone"]]
+    finally:
+        port.stopListening()

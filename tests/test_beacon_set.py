@@ -285,6 +285,10 @@ class NodeUDP:
         if destination in self.world.servers:
             self.world.reactor.callLater(LATENCY, self.world.to_beacon, data, self.node.endpoint, destination)
 
+    def send_many(self, packets, destination):
+        for data in packets:
+            self.send(data, destination)
+
 
 @implementer(IDatagramRouter)
 class Router:

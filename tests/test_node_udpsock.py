@@ -194,3 +194,31 @@ def test_sources_are_made_once_per_address_and_bounded():
     assert len(sources._known) == 1
     with pytest.raises(ValueError):
         sources.get(("not an address", 1))
+
+
+def test_a_burst_handed_over_at_once_leaves_in_whole_runs_and_the_rest_waits_for_the_turn():
+    reactor, sock, counters, port = _port()
+    port.enqueue_many(_packets(*[1200] * 60), A)  # 54 fit the 64 KiB cap
+    assert [(c[0], c[2]) for c in sock.calls if c[0] == "sendmsg"] == [("sendmsg", 1200)]
+    assert counters["packets_sent"] == 54
+    reactor.advance(0)
+    assert counters["packets_sent"] == 60 and sock.sent() == ["sendmsg", "sendmsg"]
+
+
+def test_a_wakeups_reads_go_up_as_runs_per_sender():
+    class Reads(FakeUDPSocket):
+        def __init__(self, datagrams):
+            super().__init__()
+            self.datagrams = list(datagrams)
+
+        def recvfrom(self, size):
+            if not self.datagrams:
+                raise BlockingIOError()
+            return self.datagrams.pop(0)
+
+    sock = Reads([(b"1", A), (b"2", A), (b"3", B), (b"4", A)])
+    runs = []
+    port = SocketPort(MemoryReactorClock(), sock, deliver=None, counters=collections.Counter(), batching=False,
+                      deliver_many=lambda packets, addr: runs.append((packets, addr)))  # fmt: skip
+    port.doRead()
+    assert runs == [([b"1", b"2"], A), ([b"3"], B), ([b"4"], A)]

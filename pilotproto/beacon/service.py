@@ -30,13 +30,12 @@ import os
 import socket
 
 from twisted.application import internet, service
-from twisted.internet import udp
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..errors import InvalidArgument
 from ..wire import Endpoint
-from .protocol import BeaconDatagramProtocol
+from .protocol import BatchingPort, BeaconDatagramProtocol
 from .server import BeaconServer
 from .store import FLUSH_INTERVAL, MemoryStore, SQLiteStore
 from .tls import TLSListenerService, server_tls_options
@@ -112,10 +111,17 @@ class _AfterReady(service.MultiService):
 
 
 class _UDPService(internet.UDPServer):
-    """A UDPServer whose port is visible once started (tests bind port 0)."""
+    """A UDPServer whose port is visible once started (tests bind port 0),
+    reading with GRO and forwarding relay frames in GSO bursts (:class:`BatchingPort`)."""
+
+    def _getPort(self):
+        port, protocol = self.args
+        listening = BatchingPort(port, protocol, interface=self.kwargs.get("interface", ""), reactor=self.reactor)
+        listening.startListening()
+        return listening
 
 
-class _V6OnlyPort(udp.Port):
+class _V6OnlyPort(BatchingPort):
     """An IPv6-only UDP port: a dual-stack one on ``::`` would take the IPv4
     port too, which the IPv4 socket holds."""
 

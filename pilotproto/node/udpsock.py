@@ -42,117 +42,31 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
-SOL_UDP = getattr(socket, "SOL_UDP", 17)
-#: Linux's ``UDP_SEGMENT`` and ``UDP_GRO`` (``<linux/udp.h>``); Python 3.11 has no names for them
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
-UDP_GRO = getattr(socket, "UDP_GRO", 104)
-#: the kernel's ``UDP_MAX_SEGMENTS`` on every kernel with GSO (newer ones allow 128)
-MAX_SEGMENTS = 64
-#: a GSO burst is one UDP datagram to the kernel: under 64 KiB with the IPv6 and UDP headers
-MAX_BURST_BYTES = 65535 - 40 - 8
-#: the largest datagram (or glued GRO burst) one read returns
-RECV_BUFFER = 65535
-#: packets read per reactor wake-up at most (Twisted's own port reads up to 256 KiB)
-MAX_PACKETS_PER_WAKEUP = 256
-#: socket buffers we ask for (the kernel caps them at net.core.[rw]mem_max)
-SOCKET_BUFFER = 4 * 1024 * 1024
-#: Linux's IP_MTU_DISCOVER / IPV6_MTU_DISCOVER and their PMTUDISC_PROBE value (<linux/in.h>, <linux/in6.h>):
-#: every packet leaves with DF set and is never fragmented locally, and the kernel's cached
-#: path MTU (from ICMP) is not applied, so path MTU discovery's probes measure the path itself
-IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
-IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
-PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)
-#: the environment variable that forces one syscall per packet ("0", "off", "no", "false")
-GSO_ENV = "PILOT_UDP_GSO"
-
-_SEGMENT_SIZE = struct.Struct("=H")
-_GRO_SIZE = struct.Struct("=i")
-_ANC_SPACE = socket.CMSG_SPACE(_GRO_SIZE.size)
-#: errors that mean "the kernel could not take it now": the packet is lost, the sender retransmits
-_DROPPED = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.ENOMEM)
-#: errors a GSO send gets where the device or path cannot segment (quic-go and quinn turn GSO off on them)
-_GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP)
-
-
-def batching_wanted(environ=None) -> bool:
-    """False when ``PILOT_UDP_GSO`` says to use one syscall per packet."""
-    value = (os.environ if environ is None else environ).get(GSO_ENV, "")
-    return value.strip().lower() not in ("0", "off", "no", "false")
-
-
-def gso_runs(packets, max_segments: int = MAX_SEGMENTS, max_bytes: int = MAX_BURST_BYTES):
-    """Split ``packets`` (in order) into ``(segment_size, [packets])`` runs one GSO send can carry.
-
-    A run is packets of one size, and may end with one shorter packet (the
-    kernel cuts a buffer into ``segment_size`` pieces and the rest); a
-    longer packet starts a new run.  A run holds at most ``max_segments``
-    packets and ``max_bytes`` bytes.  Order is kept: the receiver's
-    reordering logic should see what the sender sent.
-    """
-    runs = []
-    size = 0
-    run: list = []
-    total = 0
-    for packet in packets:
-        n = len(packet)
-        if run and n <= size and len(run) < max_segments and total + n <= max_bytes:
-            run.append(packet)
-            total += n
-            if n < size:
-                runs.append((size, run))
-                run = []
-            continue
-        if run:
-            runs.append((size, run))
-        run, size, total = [packet], n, n
-    if run:
-        runs.append((size, run))
-    return runs
-
-
-def split_gro(buffer, length: int, segment_size: int) -> list[bytes]:
-    """The packets in the first ``length`` bytes of ``buffer``, glued by GRO in ``segment_size`` pieces.
-
-    ``segment_size`` 0 (no GRO ancillary data) means one packet."""
-    view = memoryview(buffer)
-    if segment_size <= 0 or segment_size >= length:
-        return [bytes(view[:length])]
-    return [bytes(view[offset:min(offset + segment_size, length)]) for offset in range(0, length, segment_size)]
-
-
-def gro_segment_size(ancdata) -> int:
-    """The segment size in ``recvmsg`` ancillary data, or 0 if the kernel glued nothing."""
-    for level, kind, data in ancdata:
-        if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:
-            return _GRO_SIZE.unpack_from(data)[0]
-    return 0
-
-
-def set_dont_fragment(sock: socket.socket) -> bool:
-    """Set PMTUDISC_PROBE on ``sock`` (both families on an IPv6 socket: it may carry IPv4 too).
-
-    A send larger than the interface MTU then fails with EMSGSIZE (counted
-    as ``send_too_big``) instead of leaving as fragments."""
-    options = [(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER), (socket.IPPROTO_IP, IP_MTU_DISCOVER)] if sock.family == socket.AF_INET6 else [(socket.IPPROTO_IP, IP_MTU_DISCOVER)]
-    done = False
-    for level, option in options:
-        try:
-            sock.setsockopt(level, option, PMTUDISC_PROBE)
-            done = True
-        except OSError:
-            pass  # not Linux, or no IPv4 on this socket: the kernel may fragment, as before
-    return done
-
-
-def probe_gso(family: int) -> bool:
-    """Whether this kernel takes ``UDP_SEGMENT`` (tried on a throw-away socket: on
-    ours the option would set a default segment size for every send)."""
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.setsockopt(SOL_UDP, UDP_SEGMENT, 1200)
-            return True
-    except OSError:
-        return False
+# Re-exported: the node socket's tests, punch sockets and benchmarks use these names from here.
+from ..common.udpgso import (  # noqa: F401
+    SOL_UDP,
+    UDP_SEGMENT,
+    UDP_GRO,
+    MAX_SEGMENTS,
+    MAX_BURST_BYTES,
+    RECV_BUFFER,
+    MAX_PACKETS_PER_WAKEUP,
+    SOCKET_BUFFER,
+    IP_MTU_DISCOVER,
+    IPV6_MTU_DISCOVER,
+    PMTUDISC_PROBE,
+    GSO_ENV,
+    SEGMENT_SIZE,
+    GRO_ANCILLARY_SPACE,
+    DROPPED_ERRNOS,
+    GSO_REFUSED_ERRNOS,
+    batching_wanted,
+    gso_runs,
+    split_gro,
+    gro_segment_size,
+    set_dont_fragment,
+    probe_gso,
+)
 
 
 @implementer(IReadDescriptor)
@@ -160,7 +74,9 @@ class SocketPort:
     """One bound, non-blocking UDP socket, read and written without Twisted's ``udp.Port``.
 
     ``deliver(data, addr)`` gets every packet read (``addr`` as the socket
-    gives it).  ``counters`` (a ``collections.Counter``) gets
+    gives it); given ``deliver_many(packets, addr)``, a wake-up's reads are
+    handed on instead as runs of consecutive packets from one sender (a GRO
+    read, or several), so the layers above do per-sender work once a run.  ``counters`` (a ``collections.Counter``) gets
     ``datagrams`` (packets read), ``recv_syscalls``, ``packets_sent``,
     ``send_syscalls``, ``gso_bursts``, ``send_dropped`` (the kernel had no
     room) and ``send_errors`` (anything else).
@@ -168,10 +84,11 @@ class SocketPort:
 
     log = Logger()
 
-    def __init__(self, reactor, sock: socket.socket, deliver, counters, batching: bool = True):
+    def __init__(self, reactor, sock: socket.socket, deliver, counters, batching: bool = True, deliver_many=None):
         self._reactor = reactor
         self._sock = sock
         self._deliver = deliver
+        self._deliver_many = deliver_many
         self.counters = counters
         sock.setblocking(False)
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -194,7 +111,8 @@ class SocketPort:
         self._closed = False
 
     @classmethod
-    def listen(cls, reactor, port: int, interface: str, deliver, counters, batching: bool = True) -> "SocketPort":
+    def listen(cls, reactor, port: int, interface: str, deliver, counters, batching: bool = True,
+               deliver_many=None) -> "SocketPort":
         """Bind ``interface:port`` (IPv6 if ``interface`` has a colon) and start reading.
 
         An IPv6 socket is IPv6 only (``IPV6_V6ONLY``): IPv4 has a socket of
@@ -208,7 +126,7 @@ class SocketPort:
         except OSError:
             sock.close()
             raise
-        self = cls(reactor, sock, deliver, counters, batching)
+        self = cls(reactor, sock, deliver, counters, batching, deliver_many)
         reactor.addReader(self)
         return self
 
@@ -255,42 +173,67 @@ class SocketPort:
             self.flush()
 
     def _read_plain(self) -> None:
-        recvfrom, deliver = self._sock.recvfrom, self._deliver
+        recvfrom = self._sock.recvfrom
+        runs: list = []
+        last_addr = run = None
         count = 0
         try:
             while count < MAX_PACKETS_PER_WAKEUP:
                 data, addr = recvfrom(RECV_BUFFER)
                 count += 1
-                deliver(data, addr)
+                if addr == last_addr:
+                    run.append(data)
+                else:
+                    run, last_addr = [data], addr
+                    runs.append((addr, run))
         except (BlockingIOError, InterruptedError):
-            return  # drained: the next wake-up reads on (the finally counts what we read)
+            pass  # drained: the next wake-up reads on
         except OSError as e:
             self._read_error(e)
         finally:
             self.counters["datagrams"] += count
             self.counters["recv_syscalls"] += count
+        self._hand_on(runs)
 
     def _read_gro(self) -> None:
-        recvmsg_into, deliver, buffer = self._sock.recvmsg_into, self._deliver, self._buffer
+        recvmsg_into, buffer = self._sock.recvmsg_into, self._buffer
+        runs: list = []
+        last_addr = run = None
         count = calls = 0
         try:
             while count < MAX_PACKETS_PER_WAKEUP:
-                length, ancdata, flags, addr = recvmsg_into([buffer], _ANC_SPACE)
+                length, ancdata, flags, addr = recvmsg_into([buffer], GRO_ANCILLARY_SPACE)
                 calls += 1
                 if flags & socket.MSG_TRUNC:
                     self.counters["dropped_truncated"] += 1
                     continue
                 packets = split_gro(buffer, length, gro_segment_size(ancdata) if ancdata else 0)
                 count += len(packets)
-                for packet in packets:
-                    deliver(packet, addr)
+                if addr == last_addr:
+                    run.extend(packets)
+                else:
+                    run, last_addr = packets, addr
+                    runs.append((addr, run))
         except (BlockingIOError, InterruptedError):
-            return  # drained: the next wake-up reads on (the finally counts what we read)
+            pass  # drained: the next wake-up reads on
         except OSError as e:
             self._read_error(e)
         finally:
             self.counters["datagrams"] += count
             self.counters["recv_syscalls"] += calls
+        self._hand_on(runs)
+
+    def _hand_on(self, runs: list) -> None:
+        # Read first, then handled: a wake-up's packets from one sender go up together.
+        deliver_many = self._deliver_many
+        if deliver_many is not None:
+            for addr, packets in runs:
+                deliver_many(packets, addr)
+            return
+        deliver = self._deliver
+        for addr, packets in runs:
+            for packet in packets:
+                deliver(packet, addr)
 
     def _read_error(self, error: OSError) -> None:
         # ICMP errors for an earlier send (ECONNREFUSED ...) surface on a later read;
@@ -312,6 +255,29 @@ class SocketPort:
             # A whole burst is ready: send it now rather than hold the packets back.
             del self._queue[addr]
             self.send_burst(queue, addr)
+
+    def enqueue_many(self, packets: list, addr: tuple) -> None:
+        """:meth:`enqueue` for a burst to one destination (in order): whole GSO
+        runs leave at once, the last, unfinished one waits for the turn's end."""
+        if not packets:
+            return
+        queue = self._queue.get(addr)
+        if queue is None:
+            queue = self._queue[addr] = []
+            if self._flush_call is None and not self._closed:
+                self._flush_call = self._reactor.callLater(0, self._flush_turn)
+        queue.extend(packets)
+        last = len(packets[-1])
+        if len(queue) < MAX_SEGMENTS and len(queue) * last <= MAX_BURST_BYTES - last:
+            return
+        if not self.gso:
+            del self._queue[addr]
+            self.send_burst(queue, addr)
+            return
+        runs = gso_runs(queue)
+        self._queue[addr] = runs[-1][1]
+        for size, run in runs[:-1]:
+            self._send_run(size, run, addr)
 
     def _flush_turn(self) -> None:
         self._flush_call = None
@@ -335,17 +301,23 @@ class SocketPort:
                 self.send_now(packet, addr)
             return
         for size, run in gso_runs(packets):
-            if len(run) == 1:
-                self.send_now(run[0], addr)
-            else:
-                self._send_gso(size, run, addr)
+            self._send_run(size, run, addr)
+
+    def _send_run(self, size: int, run: list, addr: tuple) -> None:
+        if self._closed:
+            self.counters["send_while_stopped"] += len(run)
+        elif len(run) == 1:
+            self.send_now(run[0], addr)
+        else:
+            self._send_gso(size, run, addr)
 
     def _send_gso(self, size: int, run: list, addr: tuple) -> None:
         self.counters["send_syscalls"] += 1
         try:
-            self._sock.sendmsg([b"".join(run)], [(SOL_UDP, UDP_SEGMENT, _SEGMENT_SIZE.pack(size))], 0, addr)
+            # The packets as the iovec (gathered by the kernel, not joined here): one datagram, cut by GSO.
+            self._sock.sendmsg(run, [(SOL_UDP, UDP_SEGMENT, SEGMENT_SIZE.pack(size))], 0, addr)
         except OSError as e:
-            if e.errno in _GSO_REFUSED:
+            if e.errno in GSO_REFUSED_ERRNOS:
                 # The device or path cannot segment (quic-go and quinn see EIO
                 # without checksum offload, EINVAL on some IPv6 setups): plain
                 # sends from now on, starting with this burst.
@@ -385,7 +357,7 @@ class SocketPort:
             sock.setsockopt(level, option, previous)
 
     def _send_failed(self, error: OSError, packets: int, addr) -> None:
-        if error.errno in _DROPPED:
+        if error.errno in DROPPED_ERRNOS:
             self.counters["send_dropped"] += packets
         elif error.errno == errno.EMSGSIZE:
             # Bigger than the interface MTU (DF, no local fragments): a lost

@@ -289,12 +289,16 @@ class BeaconSet(service.MultiService):
     def send_relay(self, destination: bytes, payload: bytes) -> None:
         """Through the beacon chosen for ``destination``; through every usable one
         while no lookup has placed it (and a lookup is started)."""
+        self.send_relay_many(destination, (payload,))
+
+    def send_relay_many(self, destination: bytes, payloads) -> None:
+        """:meth:`send_relay` for a burst of packets to one peer, in order."""
         targets, unplaced = self.choice.route(destination, self._usable())
         if not targets:
-            self.first.send_relay(destination, payload)  # counted there as relay_unavailable
+            self.first.send_relay_many(destination, payloads)  # counted there as relay_unavailable
             return
         for i in targets:
-            self.links[i].send_relay(destination, payload)
+            self.links[i].send_relay_many(destination, payloads)
         if unplaced and len(self.links) > 1:
             self._start_placing(destination)
 

@@ -140,6 +140,8 @@ class BeaconLink(service.Service):
             self.transport = BeaconTransport(reactor, registration=self.registration, channel=self, link=self.tls, rng=rng, ids=ids)
         self._router = self._mail = self._observer = None
         self._relay_key: bytes | None = None
+        #: seals our relay frames under ``_relay_key`` (made with it)
+        self._sealer: relay.RelaySealer | None = None
         # Relay counters start at the clock, like seq, so they keep growing across restarts.
         self._relay_counter = int(reactor.seconds() * 1e9)
         self._waiters: list[defer.Deferred] = []
@@ -334,12 +336,25 @@ class BeaconLink(service.Service):
 
     def send_relay(self, destination: bytes, payload: bytes) -> None:
         """Send a tunnel packet to the node at ``destination`` through the beacon."""
-        if self._relay_key is None or self.beacon_endpoint is None:
+        sealer = self._sealer
+        if sealer is None or self.beacon_endpoint is None:
             self.counters["relay_unavailable"] += 1
             return
         self._relay_counter += 1
-        frame = relay.seal_to_beacon(self._relay_key, self._identity.address.to_bytes(), destination, self._relay_counter, payload)
-        self.send_to_beacon(frame)
+        self.send_to_beacon(sealer.seal(destination, self._relay_counter, payload))
+
+    def send_relay_many(self, destination: bytes, payloads) -> None:
+        """:meth:`send_relay` for a burst (in order): one ``send_many`` to the
+        node's socket by UDP, which leaves as GSO runs; over TLS, one write."""
+        sealer = self._sealer
+        if sealer is None or self.beacon_endpoint is None:
+            self.counters["relay_unavailable"] += len(payloads)
+            return
+        frames = sealer.seal_many(destination, self._relay_counter + 1, payloads)
+        self._relay_counter += len(frames)
+        if self.kind == TLS and self.tls.send_many(frames):
+            return
+        self._udp.send_many(frames, self.beacon_endpoint)
 
     def relay_kind(self) -> str:
         return "relay-tcp" if self.kind == TLS else "relay"
@@ -402,9 +417,10 @@ class BeaconLink(service.Service):
         beacon_key = self.registration.beacon_key
         try:
             self._relay_key = relay.relay_key(self._identity.x25519_private(), beacon_key, self._identity.public_key, beacon_key)
+            self._sealer = relay.RelaySealer(self._relay_key, self._identity.address.to_bytes())
         except PilotError:
             self.log.error("the beacon sent an unusable relay key; relaying is off")
-            self._relay_key = None
+            self._relay_key = self._sealer = None
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(observed)

@@ -412,6 +412,16 @@ class BeaconTLSLink:
         self.protocol.send(data)
         return True
 
+    def send_many(self, datagrams) -> bool:
+        """:meth:`send` for a burst: the frames join the same batched TLS write."""
+        protocol = self.protocol
+        if protocol is None:
+            self.counters["tls_send_while_down"] += 1
+            return False
+        for data in datagrams:
+            protocol.send(data)
+        return True
+
     def when_closed(self) -> Deferred:
         """Fires once no connection of this link is open."""
         if not self.open_protocols:

@@ -16,17 +16,23 @@ the *relay key* the sender shares with this beacon process (see
 :func:`relay_key`): it proves to the beacon which registered node sent the
 frame, cheaply enough to check on every packet.  ``counter`` increases per
 frame so recorded frames cannot be replayed through the beacon.
+
+The per-packet paths never build the frame objects: a node seals with a
+:class:`RelaySealer` (its keyed hasher made once, the header one slice and
+one ``to_bytes``), the beacon reads fields by offset, and a node reads a
+0xD1 frame with :func:`split_from_beacon`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 
 import attrs
 from nacl.bindings import crypto_scalarmult
 
-from .codec import DecodeError, Reader, Writer
+from .codec import DecodeError, Reader
 
 KIND_TO_BEACON = 0xD0
 KIND_FROM_BEACON = 0xD1
@@ -44,6 +50,7 @@ TAG = slice(26, 26 + TAG_SIZE)
 #: the bytes the tag covers before the payload (kind .. counter)
 SIGNED_HEADER = 26
 _FROM_BEACON_HEADER = bytes([KIND_FROM_BEACON, VERSION])
+_TO_BEACON_HEADER = struct.Struct(">BB8s8sQ")
 _TAG_PERSON = b"pilot-relay-tag"
 
 
@@ -63,7 +70,9 @@ class RelayFromBeacon:
 
 
 def _header(frame: RelayToBeacon) -> bytes:
-    return Writer().u8(KIND_TO_BEACON).u8(VERSION).raw(frame.sender).raw(frame.destination).u64(frame.counter).bytes()
+    if len(frame.sender) != 8 or len(frame.destination) != 8:
+        raise DecodeError("a relay frame's addresses are 8 bytes")
+    return _TO_BEACON_HEADER.pack(KIND_TO_BEACON, VERSION, frame.sender, frame.destination, frame.counter)
 
 
 def tag_hasher(key: bytes):
@@ -80,9 +89,53 @@ def compute_tag(key: bytes, header: bytes, payload: bytes) -> bytes:
 
 
 def seal_to_beacon(key: bytes, sender: bytes, destination: bytes, counter: int, payload: bytes) -> bytes:
-    frame = RelayToBeacon(sender, destination, counter, payload)
-    header = _header(frame)
-    return header + compute_tag(key, header, payload) + payload
+    return RelaySealer(key, sender).seal(destination, counter, payload)
+
+
+class RelaySealer:
+    """Seals one node's 0xD0 frames under its relay ``key``: the keyed hasher
+    is made once and copied per frame (keying costs more than the copy)."""
+
+    __slots__ = ("_hasher", "_prefix", "_destination", "_sender")
+
+    def __init__(self, key: bytes, sender: bytes):
+        if len(sender) != 8:
+            raise DecodeError("a relay frame's addresses are 8 bytes")
+        self._hasher = tag_hasher(key)
+        self._sender = sender
+        self._destination = b""
+        self._prefix = b""
+
+    def _prefix_for(self, destination: bytes) -> bytes:
+        # kind | version | sender | destination: the same for every frame of a burst.
+        if destination != self._destination:
+            if len(destination) != 8:
+                raise DecodeError("a relay frame's addresses are 8 bytes")
+            self._prefix = bytes((KIND_TO_BEACON, VERSION)) + self._sender + destination
+            self._destination = destination
+        return self._prefix
+
+    def seal(self, destination: bytes, counter: int, payload) -> bytes:
+        """The 0xD0 frame carrying ``payload`` to ``destination`` as frame number ``counter``."""
+        header = self._prefix_for(destination) + counter.to_bytes(8, "big")
+        h = self._hasher.copy()
+        h.update(header)
+        h.update(payload)
+        return b"".join((header, h.digest(), payload))
+
+    def seal_many(self, destination: bytes, first_counter: int, payloads) -> list[bytes]:
+        """Frames for ``payloads`` in order, numbered from ``first_counter`` up."""
+        prefix, hasher = self._prefix_for(destination), self._hasher
+        frames = []
+        counter = first_counter
+        for payload in payloads:
+            header = prefix + counter.to_bytes(8, "big")
+            h = hasher.copy()
+            h.update(header)
+            h.update(payload)
+            frames.append(b"".join((header, h.digest(), payload)))
+            counter += 1
+        return frames
 
 
 def tag_ok(key: bytes, frame: RelayToBeacon) -> bool:
@@ -125,14 +178,22 @@ def encode_from_beacon(frame: RelayFromBeacon) -> bytes:
     return bytes([KIND_FROM_BEACON, VERSION]) + frame.sender + frame.payload
 
 
-def decode_from_beacon(data: bytes) -> RelayFromBeacon:
-    r = Reader(data)
-    if r.u8() != KIND_FROM_BEACON:
+def split_from_beacon(data) -> tuple[bytes, bytes]:
+    """``(sender, payload)`` of a 0xD1 frame, by offset (no Reader, no object)."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    if len(data) < FROM_BEACON_OVERHEAD:
+        raise DecodeError("truncated relay frame")
+    if data[0] != KIND_FROM_BEACON:
         raise DecodeError("not a relay frame from the beacon")
-    if r.u8() != VERSION:
+    if data[1] != VERSION:
         raise DecodeError("unsupported relay version")
-    sender = r.take(8)
-    return RelayFromBeacon(sender, r.rest())
+    return data[2:FROM_BEACON_OVERHEAD], data[FROM_BEACON_OVERHEAD:]
+
+
+def decode_from_beacon(data: bytes) -> RelayFromBeacon:
+    sender, payload = split_from_beacon(data)
+    return RelayFromBeacon(sender, payload)
 
 
 def relay_key(our_x25519_private: bytes, their_x25519_public: bytes, node_ed25519_public: bytes, beacon_x25519_public: bytes) -> bytes:
