@@ -113,3 +113,29 @@ def test_a_worker_bug_is_counted_and_logged(logged_failures):
     assert router.counters["internal_errors"] == 1
     assert [e["log_failure"].type for e in logged_failures] == [ZeroDivisionError]
     logged_failures.clear()
+
+
+def test_a_burst_from_the_beacon_goes_to_the_sessions_as_one_run_per_relayed_sender():
+    router, link, _nat, sessions = _router()
+    other = b"\x09" * 8
+    burst = [
+        _relay_frame(b"\xc4a"),
+        _relay_frame(b"\xc4b"),
+        relay.encode_from_beacon(relay.RelayFromBeacon(other, b"\xc4c")),
+        _beacon_message(),
+        b"\xd1\x01short",  # a truncated relay frame: classified alone, dropped
+        _relay_frame(b"\xc4d"),
+    ]
+    router.datagrams_received(burst, Direct(BEACON))
+    relayed = [c for c in sessions.calls if c[0] != "tunnel_packet_received"]
+    assert relayed == [
+        ("tunnel_packets_received", [b"\xc4a", b"\xc4b"], Relayed(SENDER)),
+        ("tunnel_packets_received", [b"\xc4c"], Relayed(other)),
+        ("tunnel_packets_received", [b"\xc4d"], Relayed(SENDER)),
+    ]
+    assert link.names().count("beacon_message_received") == 1
+    assert router.counters["dropped_malformed"] == 1
+    # The same frames from anyone but the beacon are not relayed packets.
+    sessions.calls.clear()
+    router.datagrams_received(burst[:2], Direct(PEER))
+    assert sessions.calls == [] and router.counters["dropped_unsolicited"] == 2

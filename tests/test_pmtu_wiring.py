@@ -15,11 +15,11 @@ from zope.interface import implementer
 
 from pilotproto.node import udpsock
 from pilotproto.session import pmtu
-from pilotproto.session.peer_mtu import IMtuOwner, PeerMtu
+from pilotproto.session.peer_mtu import TLS_RELAY_FRAME, TLS_RELAY_PACKET, IMtuOwner, PeerMtu
 from pilotproto.streams import MAX_PACKET, StreamConnection
 from pilotproto.streams.blackhole import LOST_LARGE, PROBE_TIMEOUTS, SMALL_PACKET, BlackHoleDetector
 from pilotproto.tunnel.record import Session, TransportKeys
-from pilotproto.wire import DecodeError, Endpoint
+from pilotproto.wire import DecodeError, Endpoint, relay
 from pilotproto.wire import session as smsg
 from pilotproto.wire.sources import Direct, Relayed
 
@@ -70,14 +70,20 @@ def test_a_sealed_probe_is_exactly_the_probed_ip_size():
 
 @implementer(IMtuOwner)
 class Owner:
-    """Records what the search sends and sizes; a path of ``mtu`` bytes acks what fits."""
+    """Records what the search sends and sizes; a path of ``mtu`` bytes acks what fits
+    (the relay: what fits in a 0xD0 frame to the beacon, whose route MTU is ``relay_mtu``)."""
 
-    def __init__(self, clock, mtu=1500):
+    def __init__(self, clock, mtu=1500, relay_mtu=1500):
         self.clock = clock
         self.mtu = mtu
+        self.relay_mtu = relay_mtu
         self.sent = []
+        self.relayed = []
         self.sizes = []
         self.peer_mtu = None
+        self.kind = "relay"
+        self.beacon = BEACON
+        self.peer_by_tcp = False
 
     def send_direct(self, plaintext, endpoint, via):
         self.sent.append((smsg.decode(plaintext), endpoint, via))
@@ -85,6 +91,21 @@ class Owner:
         if isinstance(msg, smsg.MtuProbe) and msg.size + pmtu.TUNNEL_OVERHEAD + pmtu.HEADERS[pmtu.family_of(endpoint.host)] <= self.mtu:
             ack = smsg.MtuAck(msg.nonce, msg.size)
             self.clock.callLater(0.01, self.peer_mtu.ack_received, ack, Direct(endpoint))
+
+    def send_relayed(self, plaintext):
+        msg = smsg.decode(plaintext)
+        self.relayed.append(msg)
+        if isinstance(msg, smsg.MtuProbe) and msg.size + pmtu.TUNNEL_OVERHEAD + relay.TO_BEACON_OVERHEAD + 28 <= self.relay_mtu:
+            self.clock.callLater(0.03, self.peer_mtu.ack_received, smsg.MtuAck(msg.nonce, msg.size), Relayed(b"\1" * 8))
+
+    def relay_kind(self):
+        return self.kind
+
+    def relay_beacon(self):
+        return self.beacon
+
+    def peer_relays_by_tcp(self):
+        return self.peer_by_tcp
 
     def set_packet_size(self, size):
         self.sizes.append(size)
@@ -104,6 +125,7 @@ def settle(clock, seconds=30.0):
 
 
 PEER = Endpoint("198.51.100.7", 4000)
+BEACON = Endpoint("203.0.113.1", 9000)
 
 
 def test_a_direct_path_is_searched_and_the_stream_packet_size_follows():
@@ -136,13 +158,57 @@ def test_ipv6_paths_leave_room_for_the_larger_header():
     assert peer.pmtu == 1500 and owner.sizes[-1] == 1500 - 48 - 30
 
 
-def test_the_relay_stops_the_search_and_restores_the_relay_size():
+def test_the_udp_relay_is_searched_with_room_for_the_relay_frame():
+    clock, owner, peer = make(mtu=0, ceiling=1500)  # nothing would be acked directly
+    peer.path_changed(None, None)
+    # Probes go through the relay, sized so the 0xD0 frame's IP packet to the beacon is the size tried.
+    assert owner.sent == [] and owner.relayed[0].size == 1500 - 28 - relay.TO_BEACON_OVERHEAD - 30
+    assert owner.sizes == [pmtu.plaintext_size(pmtu.BASE_MTU, 4, relay.TO_BEACON_OVERHEAD)]
+    settle(clock)
+    assert peer.pmtu == 1500 and owner.sizes[-1] == peer.packet_size() == 1400 > MAX_PACKET
+    assert peer.describe()["pmtu_path"] == "relay"
+    # A direct ack does not confirm a relay search's probe.
+    peer.black_hole()
+    peer.ack_received(smsg.MtuAck(owner.relayed[-1].nonce, 1400), Direct(PEER))
+    assert peer.pmtu == pmtu.BASE_MTU
+
+
+def test_a_narrow_beacon_route_is_found_and_direct_and_relay_each_keep_their_own_size():
     clock, owner, peer = make(mtu=1500, ceiling=1500)
+    owner.relay_mtu = 1400
+    peer.path_changed(None, None)
+    settle(clock)
+    assert 1400 - pmtu.GRANULARITY <= peer.pmtu <= 1400
     peer.path_changed(PEER, None)
     settle(clock)
+    assert peer.pmtu == 1500 and owner.sizes[-1] == 1442
+    peer.path_changed(None, None)  # the direct path went silent
+    assert owner.sizes[-1] == pmtu.plaintext_size(pmtu.BASE_MTU, 4, relay.TO_BEACON_OVERHEAD)
+    settle(clock)
+    assert owner.sizes[-1] == pmtu.plaintext_size(peer.pmtu, 4, relay.TO_BEACON_OVERHEAD) < 1400
+
+
+def test_the_tls_relay_is_not_searched():
+    clock, owner, peer = make()
+    owner.kind = "relay-tcp"
     peer.path_changed(None, None)
-    assert peer.pmtu is None and owner.sizes[-1] == MAX_PACKET
+    assert peer.pmtu is None and owner.sizes == [MAX_PACKET] and owner.relayed == []
+    # Both ends on TLS: the beacon's largest relay frame, nothing on the way has an IP MTU.
+    owner.peer_by_tcp = True
+    peer.path_changed(None, None)
+    assert owner.sizes[-1] == TLS_RELAY_PACKET == peer.packet_size()
     assert not clock.getDelayedCalls()
+    # The link went back to UDP: the next black hole sizes for that and searches.
+    owner.kind = "relay"
+    peer.black_hole()
+    assert peer.machine is not None and owner.relayed
+
+
+def test_the_tls_relay_size_is_the_beacons_largest_frame():
+    from pilotproto.beacon import tls
+
+    assert TLS_RELAY_FRAME == tls.MAX_FRAME
+    assert TLS_RELAY_PACKET + pmtu.TUNNEL_OVERHEAD + relay.TO_BEACON_OVERHEAD == tls.MAX_FRAME
 
 
 def test_the_same_route_again_keeps_the_search_and_a_new_one_restarts_it():
@@ -164,10 +230,10 @@ def test_an_unknown_route_mtu_starts_from_the_usual_ceiling():
     assert owner.peer_mtu.machine.ceiling == 1500
 
 
-def test_probes_are_answered_only_when_they_came_directly():
+def test_probes_are_answered_the_way_they_came():
     clock, owner, peer = make()
     peer.probe_received(smsg.MtuProbe(5, 1400), Relayed(b"\0" * 6))
-    assert owner.sent == []
+    assert owner.sent == [] and owner.relayed == [smsg.MtuAck(5, 1400)]
     peer.probe_received(smsg.MtuProbe(5, 1400), Direct(PEER))
     assert owner.sent == [(smsg.MtuAck(5, 1400), PEER, None)]
 
@@ -291,3 +357,12 @@ def test_a_send_larger_than_the_interface_is_counted_too_big():
 def test_the_route_mtu_of_loopback_is_capped():
     assert pmtu.route_mtu("127.0.0.1", 9) == pmtu.MAX_MTU
     assert pmtu.route_mtu("192.0.2.1", 0) in (None, *range(pmtu.BASE_MTU - 600, pmtu.MAX_MTU + 1))
+
+
+def test_a_relay_that_names_no_beacon_is_searched_from_the_usual_ceiling():
+    clock, owner, peer = make(mtu=0, ceiling=9000)
+    owner.beacon = None
+    peer.path_changed(None, None)
+    assert peer.machine.ceiling == 1500
+    settle(clock)
+    assert peer.pmtu == 1500 and owner.sizes[-1] == 1400

@@ -28,8 +28,8 @@ from zope.interface import implementer
 
 from ..common.wiring import provides
 from ..interfaces import IDatagramRouter, INatDiscovery, IRendezvous, ISessions
-from ..wire import DecodeError
-from ..wire.datagrams import BeaconMessage, RelayedPacket, StunMessage, TunnelPacket, classify
+from ..wire import KIND_TUNNEL_DATA, KIND_TUNNEL_INIT, DecodeError
+from ..wire.datagrams import BeaconMessage, RelayedPacket, StunMessage, TunnelPacket, classify, relayed_runs
 from ..wire.sources import Direct, Relayed
 
 
@@ -71,6 +71,45 @@ class DatagramRouter:
             return
         if not handled:
             self.counters["dropped_unsolicited"] += 1
+
+    def datagrams_received(self, packets, source) -> None:
+        """Several datagrams, in order, from one ``source`` (a GRO read, or one
+        sender's packets of a read batch).  Tunnel packets straight from a
+        peer, the data path, go to the sessions together without a classified
+        object each, and so do the beacon's relayed frames, one run per
+        relayed sender; anything else is classified one by one."""
+        if type(source) is not Direct:
+            for data in packets:
+                self.datagram_received(data, source)
+            return
+        if self.link.is_beacon(source):
+            self._from_beacon(packets, source)
+            return
+        run = []
+        for data in packets:
+            if data and KIND_TUNNEL_INIT <= data[0] <= KIND_TUNNEL_DATA:
+                run.append(data)
+                continue
+            if run:
+                self._tunnel_run(run, source)
+                run = []
+            self.datagram_received(data, source)
+        if run:
+            self._tunnel_run(run, source)
+
+    def _from_beacon(self, packets, source) -> None:
+        for sender, run in relayed_runs(packets):
+            if sender is None:
+                self.datagram_received(run[0], source)
+            else:
+                self._tunnel_run(run, Relayed(sender))
+
+    def _tunnel_run(self, packets: list, source) -> None:
+        try:
+            self.sessions.tunnel_packets_received(packets, source)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            self.log.failure("node failed to handle {n} datagrams from {src}", n=len(packets), src=str(source))
 
     def _beacon_message(self, packet: BeaconMessage, source) -> bool:
         return self.link.beacon_message_received(packet.message, source)

@@ -41,7 +41,7 @@ from .peer_mtu import IMtuOwner, PeerMtu
 from .pmtu import route_mtu
 
 #: the first plaintext byte of a stream packet (the rest is the stream layer's)
-STREAM_PACKET = bytes([PACKET_TYPE])
+STREAM_TYPE = PACKET_TYPE
 #: a CallMeMaybe not answered in this time is sent again, this many times
 CALL_ME_MAYBE_RETRY = 0.7
 CALL_ME_MAYBE_TRIES = 5
@@ -85,7 +85,7 @@ class Peer:
         self.path = PeerPath(links.clock, self, allow_direct=links.allow_direct, timers=links.path_timers)
         #: the birthday punch (symmetric NAT <-> port-restricted cone), seeded from the injected ids
         self.birthday = Birthday(links.clock, self, links.punch, links.birthday, random.Random(links.ids()))
-        #: path MTU discovery on the direct path (probe nonces from the injected ids)
+        #: path MTU discovery on the path in use, direct or relay (probe nonces from the injected ids)
         self.mtu = PeerMtu(links.clock, self, route_mtu=links.route_mtu, random_bytes=lambda n: links.ids().to_bytes(8, "big")[:n])
         #: the reliable streams and datagrams multiplexed on this session (made on first use)
         self.streams: StreamConnection | None = None
@@ -115,8 +115,22 @@ class Peer:
     def send_datagram(self, packet: bytes, endpoint, via=None) -> None:
         (via or self._links.udp).send(packet, endpoint)
 
+    def send_datagrams(self, packets: list, endpoint, via=None) -> None:
+        (via or self._links.udp).send_many(packets, endpoint)
+
     def send_relay(self, packet: bytes) -> None:
         self._links.relay.send_relay(self.address.to_bytes(), packet)
+
+    def send_relay_many(self, packets: list) -> None:
+        relay = self._links.relay
+        destination = self.address.to_bytes()
+        # A relay that frames a burst at once (the beacon link) takes it whole.
+        send_many = getattr(relay, "send_relay_many", None)
+        if send_many is not None:
+            send_many(destination, packets)
+            return
+        for packet in packets:
+            relay.send_relay(destination, packet)
 
     def send_probe(self, endpoint, ttl=None, via=None) -> None:
         session = self.tunnel.current
@@ -140,6 +154,19 @@ class Peer:
         session = self.tunnel.current
         if session is not None and session.can_seal():
             (via or self._links.udp).send(session.seal(plaintext), endpoint)
+
+    def send_relayed(self, plaintext: bytes) -> None:
+        session = self.tunnel.current
+        if session is not None and session.can_seal():
+            self.send_relay(session.seal(plaintext))
+
+    def relay_beacon(self):
+        # One beacon link names where its UDP frames go (None before registering);
+        # a set of beacons, which may carry each peer's frames through another, does not.
+        return getattr(self._links.relay, "beacon_endpoint", None)
+
+    def peer_relays_by_tcp(self) -> bool:
+        return self.path.peer_nat == "udp_blocked"
 
     def set_packet_size(self, size: int) -> None:
         if self.streams is not None:
@@ -166,6 +193,9 @@ class Peer:
     def session_up(self) -> None:
         self.up = True
         self.revoked_by_peer = False
+        if not self.path.using_direct():
+            # Size the relay path's packets (a direct path starts its own search).
+            self.mtu.path_changed(None, None)
         self.call_me_maybe(reply=False)
 
     def end(self, error: PilotError, streams_error: PilotError | None = None) -> None:
@@ -228,6 +258,9 @@ class Peer:
     def _rx_call_me_maybe(self, msg: smsg.CallMeMaybe, source) -> None:
         self._heard_candidates_at = self._links.clock.seconds()
         self.path.peer_nat = msg.nat_type
+        if self.up and not self.path.using_direct():
+            # Whether the peer is on the TLS relay decides the relay's packet size.
+            self.mtu.path_changed(None, None)
         self.path.add_candidates(msg.public, lan=msg.lan)
         if not msg.reply:
             self.call_me_maybe(reply=True)
@@ -243,7 +276,8 @@ class Peer:
             self.birthday.message_received(msg)
 
     def _rx_mtu_probe(self, msg: smsg.MtuProbe, source) -> None:
-        if self._links.allow_direct:
+        # Relayed probes size the peer's relay path: answered even with direct paths off.
+        if self._links.allow_direct or isinstance(source, Relayed):
             self.mtu.probe_received(msg, source)
 
     def _rx_mtu_ack(self, msg: smsg.MtuAck, source) -> None:
@@ -322,6 +356,8 @@ class Peer:
                 on_stream_opened=self._stream_opened,
                 on_datagram=self._stream_datagram,
                 max_packet=self.mtu.packet_size(),
+                # A flush's packets are sealed, pathed and queued as one burst.
+                send_packets=self.tunnel.send_data_many,
             )
             self.streams.on_black_hole = self.mtu.black_hole
         return self.streams
@@ -342,7 +378,7 @@ class Peer:
             "path": path.kind,
             "endpoint": str(path.direct) if path.using_direct() else "relay",
             "rtt_ms": self.last_rtt,
-            # The direct path's confirmed IP MTU (None on the relay), its search's state and ceiling.
+            # The path's confirmed IP MTU (None: no search, as on the TLS relay), which path, the search's state and ceiling.
             **self.mtu.describe(),
             "bytes_sent": path.bytes_sent,
             "bytes_received": path.bytes_received,

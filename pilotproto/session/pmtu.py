@@ -1,6 +1,6 @@
 """
-Path MTU discovery for one direct path: packetization-layer probing as in
-DPLPMTUD (RFC 8899).  One Automat machine.
+Path MTU discovery for one path (direct, or the UDP relay to the beacon):
+packetization-layer probing as in DPLPMTUD (RFC 8899).  One Automat machine.
 
 ::
 
@@ -64,9 +64,10 @@ def family_of(host: str) -> int:
     return 6 if ":" in host else 4
 
 
-def plaintext_size(mtu: int, family: int) -> int:
-    """The largest tunnel plaintext whose whole IP packet is ``mtu`` bytes."""
-    return mtu - HEADERS[family] - TUNNEL_OVERHEAD
+def plaintext_size(mtu: int, family: int, framing: int = 0) -> int:
+    """The largest tunnel plaintext whose whole IP packet is ``mtu`` bytes,
+    when ``framing`` bytes wrap the tunnel packet (the relay's 0xD0 frame)."""
+    return mtu - HEADERS[family] - framing - TUNNEL_OVERHEAD
 
 
 def route_mtu(host: str, port: int) -> int | None:
@@ -119,7 +120,7 @@ class PathMtu:
 
     @_machine.state(initial=True)
     def idle(self):
-        "not probing: the path is not direct yet"
+        "not probing yet"
 
     @_machine.state()
     def searching(self):
@@ -137,7 +138,7 @@ class PathMtu:
 
     @_machine.input()
     def start(self):
-        "the path is verified direct"
+        "the path is in use (verified direct, or the relay)"
 
     @_machine.input()
     def stop(self):

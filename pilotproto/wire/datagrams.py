@@ -8,6 +8,11 @@ decodes as much as its owner needs and returns one typed value, so the node
 dispatches on the type through a table, and no layer looks at first bytes.
 
 Pure: no I/O.  Anything it cannot place raises :class:`DecodeError`.
+
+The relayed data path does not classify one datagram at a time: the beacon
+forwards a node's burst as one GSO run, the node's socket reads it as one
+GRO run, and :func:`relayed_runs` splits such a run of 0xD1 frames into one
+list of tunnel packets per relayed sender, for the sessions to take at once.
 """
 
 from __future__ import annotations
@@ -67,3 +72,31 @@ def classify(data: bytes) -> Datagram:
     if KIND_TUNNEL_INIT <= first <= KIND_TUNNEL_DATA:
         return TunnelPacket(bytes(data))
     raise DecodeError(f"unknown datagram kind 0x{first:02x}")
+
+
+def relayed_runs(datagrams) -> list[tuple[bytes | None, list]]:
+    """The beacon's ``datagrams`` (in order), grouped for the node: each run of
+    well-formed 0xD1 frames from one relayed sender becomes ``(sender,
+    [tunnel packet, ...])``; anything else (a beacon message, a malformed
+    frame) is ``(None, [datagram])``, to :func:`classify` alone."""
+    runs: list = []
+    payloads: list | None = None
+    run_sender = None
+    for data in datagrams:
+        if data[:1] == _FROM_BEACON_KIND:
+            try:
+                sender, payload = relay.split_from_beacon(data)
+            except DecodeError:
+                sender = None
+            if sender is not None:
+                if payloads is None or sender != run_sender:
+                    payloads, run_sender = [], sender
+                    runs.append((sender, payloads))
+                payloads.append(payload)
+                continue
+        runs.append((None, [data]))
+        payloads = None
+    return runs
+
+
+_FROM_BEACON_KIND = bytes([relay.KIND_FROM_BEACON])
