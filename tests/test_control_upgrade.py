@@ -58,6 +58,41 @@ def test_stream_end_lost_before_attach_closes_the_socket_after_the_data():
     assert socket_side.value() == b"last words" and socket_side.disconnecting
 
 
+def test_a_piped_socket_moves_large_pieces_without_pausing_the_stream():
+    # Twisted's defaults (64 KiB per read, the producer paused past 64 KiB
+    # unwritten) paused the stream nearly every turn at speed.
+    import socket
+
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.tcp import Connection
+    from twisted.internet.testing import MemoryReactor
+
+    from pilotproto.control.piping import PIPE_BUFFER
+
+    ours, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        ours.setblocking(False)
+        socket_side = Connection(ours, Protocol(), MemoryReactor())
+        socket_side.connected = True  # as tcp.Server's constructor sets it
+        end = StreamEnd()
+        stream = FakeStreamTransport()
+        end.makeConnection(stream)
+        pipe = end.attach(socket_side)
+        socket_side.protocol = pipe
+        piece = b"p" * 1400
+        for _ in range(PIPE_BUFFER // len(piece)):  # a burst of stream packets in one turn
+            end.dataReceived(piece)
+        assert stream.reading == ["pause", "resume"]
+        end.dataReceived(piece)  # past PIPE_BUFFER unwritten: now the stream waits
+        assert stream.reading[-1] == "pause"
+        client.sendall(b"c" * (120 * 1024))
+        socket_side.doRead()
+        assert len(stream.value()) == 120 * 1024  # one read, not two
+    finally:
+        ours.close()
+        client.close()
+
+
 # -- StreamCommands with a fake node -----------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from zope.interface import implementer
 from ..errors import NotRunning, PermissionDenied, PilotError, Timeout
 from ..streams.transport import PilotAddress
 from .codec import BadResponse, decode_response, encode_request, split_line
+from .piping import widen_pipe
 
 
 @implementer(ITransport, IConsumer, IPushProducer)
@@ -151,6 +152,7 @@ class ControlLink(Protocol):
     def pipe_to(self, protocol, host: PilotAddress, peer: PilotAddress):
         """From now on the connection's bytes are ``protocol``'s."""
         self._app = protocol
+        widen_pipe(self.transport)
         protocol.makeConnection(PipeTransport(self.transport, host, peer))
         rest, self._buffer = self._buffer, b""
         if rest:
@@ -188,6 +190,7 @@ class PipedProtocol(Protocol):
         self._peer = peer
 
     def connectionMade(self):
+        widen_pipe(self.transport)
         self.app.makeConnection(PipeTransport(self.transport, self._host, self._peer))
 
     def dataReceived(self, data):

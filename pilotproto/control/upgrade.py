@@ -26,6 +26,7 @@ from ..common import timeouts
 from ..common.names import check_port
 from ..errors import InvalidArgument, NotFound, Timeout
 from .codec import encode_event
+from .piping import widen_pipe
 from .server import Upgrade
 
 #: seconds an incoming stream waits for its ``accept``
@@ -91,6 +92,7 @@ class StreamEnd(Protocol):
     def attach(self, socket_transport) -> "SocketEnd":
         """Splice the stream onto ``socket_transport`` (an upgraded control connection)."""
         self._socket = socket_transport
+        widen_pipe(socket_transport)
         held, self._held = self._held, []
         for data in held:
             socket_transport.write(data)
