@@ -45,12 +45,14 @@ def test_ping_follows_trust(daemons):
     code, doc = ping(a, "agent-b", "--count", "2", "--interval", "0.2")
     assert code == 0 and doc["data"]["received"] == 2, doc
 
-    # Revoke: the peer's next ping fails within a second, with a clear code.
+    # Revoke: the peer's next ping is refused at once, with a clear code, not
+    # left to time out (the reply timeout is 10 s; the bound leaves room for
+    # starting the pilotctl process on a loaded machine).
     assert pilotctl(b, "revoke", "agent-a")[0] == 0
     started = time.monotonic()
-    code, doc = ping(a, "agent-b", "--count", "1")
+    code, doc = ping(a, "agent-b", "--count", "1", "--timeout", "10")
     assert code != 0 and doc["code"] in ("refused", "not_trusted", "not_found"), doc
-    assert time.monotonic() - started < 1.5  # includes starting the pilotctl process
+    assert time.monotonic() - started < 5
 
     # Neither side lists the revoked session as a "down" row (issue 10).
     for home, other in ((a, "agent-b"), (b, "agent-a")):
