@@ -116,6 +116,21 @@ def test_over_quota_frames_are_dropped_per_node_and_per_pair():
     assert len(world.through_socket(a.relay_frame(b, b"x" * 1000), A)) == 1
 
 
+def test_a_burst_over_quota_is_cut_where_frame_by_frame_would_cut_it():
+    world = World(relay_per_node=Rate(10_000, 1), relay_per_pair=Rate(3500, 1))
+    a, b = world.node(A, "alpha"), world.node(B, "beta")
+    world.udp.datagramReceived(a.relay_frame(b, b"x" * 1000), A)  # the sender's relay state: 2500 left
+    world.udp.transport.written.clear()
+    world.server.relaying.forward_many([a.relay_frame(b, b"y" * 1000) for _ in range(4)], Endpoint(*A))
+    forwarded = world.server.relaying.forward_many([a.relay_frame(b, b"z" * 1000) for _ in range(4)], Endpoint(*A))
+    assert forwarded == []  # the first burst took what was left: 2 frames of 4
+    counters = world.server.counters
+    assert (counters["relayed_frames"], counters["relay_dropped_rate_limited"]) == (3, 6)
+    world.clock.advance(1)
+    fits = world.server.relaying.forward_many([a.relay_frame(b, b"w" * 1000) for _ in range(3)], Endpoint(*A))
+    assert [relay.decode_from_beacon(frame).payload for frame, _ in fits] == [b"w" * 1000] * 3
+
+
 def test_a_new_source_is_carried_but_challenged_and_a_tcp_lookalike_is_not_the_node(world):
     a, b = world.node(A, "alpha"), world.node(B, "beta")
     sent = world.through_socket(a.relay_frame(b, b"moved"), ("198.51.100.7", 51515))

@@ -226,10 +226,11 @@ class Quotas:
             shared.spent("req", record.public_key, 1, now)
         return wait
 
-    def relay(self, sender, destination_key: bytes, size: int, now: float | None = None) -> bool:
+    def relay(self, sender, destination_key: bytes, size: int, now: float | None = None, quiet: bool = False) -> bool:
         """May ``sender`` relay ``size`` more bytes to ``destination_key``?
-        Per frame, so O(1): two buckets refilled once each, and taken from
-        only if both have room."""
+        Per frame (or per run of frames), so O(1): two buckets refilled once
+        each, and taken from only if both have room.  ``quiet``: a refusal is
+        not counted (the caller tries again frame by frame)."""
         if now is None:
             now = self._clock.seconds()
         node = sender.relay_bytes
@@ -241,7 +242,8 @@ class Quotas:
         pair._refill(now)
         shared = self.shared
         if node.tokens < size or pair.tokens < size or (shared is not None and shared.blocked("relay", sender.public_key, now)):
-            self._counters["relay_dropped_rate_limited"] += 1
+            if not quiet:
+                self._counters["relay_dropped_rate_limited"] += 1
             return False
         node.tokens -= size
         pair.tokens -= size

@@ -20,9 +20,7 @@ of a dual-stack beacon) a forwarded frame is sent at once.
 
 from __future__ import annotations
 
-import errno
 import socket
-import struct
 
 from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
@@ -32,10 +30,10 @@ from ..common.udpgso import (
     DROPPED_ERRNOS,
     GRO_ANCILLARY_SPACE,
     GSO_REFUSED_ERRNOS,
-    SEGMENT_SIZE,
     MAX_PACKETS_PER_WAKEUP,
     MAX_SEGMENTS,
     RECV_BUFFER,
+    SEGMENT_SIZE,
     SOL_UDP,
     UDP_GRO,
     UDP_SEGMENT,

@@ -33,10 +33,9 @@ counted packet, never an exception: every sender here retransmits.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import os
 import socket
-import struct
 
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
@@ -44,28 +43,28 @@ from zope.interface import implementer
 
 # Re-exported: the node socket's tests, punch sockets and benchmarks use these names from here.
 from ..common.udpgso import (  # noqa: F401
-    SOL_UDP,
-    UDP_SEGMENT,
-    UDP_GRO,
-    MAX_SEGMENTS,
-    MAX_BURST_BYTES,
-    RECV_BUFFER,
-    MAX_PACKETS_PER_WAKEUP,
-    SOCKET_BUFFER,
+    DROPPED_ERRNOS,
+    GRO_ANCILLARY_SPACE,
+    GSO_ENV,
+    GSO_REFUSED_ERRNOS,
     IP_MTU_DISCOVER,
     IPV6_MTU_DISCOVER,
+    MAX_BURST_BYTES,
+    MAX_PACKETS_PER_WAKEUP,
+    MAX_SEGMENTS,
     PMTUDISC_PROBE,
-    GSO_ENV,
+    RECV_BUFFER,
     SEGMENT_SIZE,
-    GRO_ANCILLARY_SPACE,
-    DROPPED_ERRNOS,
-    GSO_REFUSED_ERRNOS,
+    SOCKET_BUFFER,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
     batching_wanted,
-    gso_runs,
-    split_gro,
     gro_segment_size,
-    set_dont_fragment,
+    gso_runs,
     probe_gso,
+    set_dont_fragment,
+    split_gro,
 )
 
 
@@ -178,16 +177,16 @@ class SocketPort:
         last_addr = run = None
         count = 0
         try:
-            while count < MAX_PACKETS_PER_WAKEUP:
-                data, addr = recvfrom(RECV_BUFFER)
-                count += 1
-                if addr == last_addr:
-                    run.append(data)
-                else:
-                    run, last_addr = [data], addr
-                    runs.append((addr, run))
-        except (BlockingIOError, InterruptedError):
-            pass  # drained: the next wake-up reads on
+            # Drained (BlockingIOError): the next wake-up reads on.
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                while count < MAX_PACKETS_PER_WAKEUP:
+                    data, addr = recvfrom(RECV_BUFFER)
+                    count += 1
+                    if addr == last_addr:
+                        run.append(data)
+                    else:
+                        run, last_addr = [data], addr
+                        runs.append((addr, run))
         except OSError as e:
             self._read_error(e)
         finally:
@@ -201,21 +200,21 @@ class SocketPort:
         last_addr = run = None
         count = calls = 0
         try:
-            while count < MAX_PACKETS_PER_WAKEUP:
-                length, ancdata, flags, addr = recvmsg_into([buffer], GRO_ANCILLARY_SPACE)
-                calls += 1
-                if flags & socket.MSG_TRUNC:
-                    self.counters["dropped_truncated"] += 1
-                    continue
-                packets = split_gro(buffer, length, gro_segment_size(ancdata) if ancdata else 0)
-                count += len(packets)
-                if addr == last_addr:
-                    run.extend(packets)
-                else:
-                    run, last_addr = packets, addr
-                    runs.append((addr, run))
-        except (BlockingIOError, InterruptedError):
-            pass  # drained: the next wake-up reads on
+            # Drained (BlockingIOError): the next wake-up reads on.
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                while count < MAX_PACKETS_PER_WAKEUP:
+                    length, ancdata, flags, addr = recvmsg_into([buffer], GRO_ANCILLARY_SPACE)
+                    calls += 1
+                    if flags & socket.MSG_TRUNC:
+                        self.counters["dropped_truncated"] += 1
+                        continue
+                    packets = split_gro(buffer, length, gro_segment_size(ancdata) if ancdata else 0)
+                    count += len(packets)
+                    if addr == last_addr:
+                        run.extend(packets)
+                    else:
+                        run, last_addr = packets, addr
+                        runs.append((addr, run))
         except OSError as e:
             self._read_error(e)
         finally:
