@@ -193,8 +193,8 @@ def lab_parts(options, report: dict) -> None:
     skip = set(options.skip)
     workdir = tempfile.mkdtemp(prefix="pilot-perf-")
     with Lab() as lab:
-        quota = [] if options.relay_quota is None else ["--relay-per-node", options.relay_quota,
-                                                        "--relay-per-pair", options.relay_quota]
+        quota = [] if options.relay_quota == "default" else ["--relay-per-node", options.relay_quota,
+                                                             "--relay-per-pair", options.relay_quota]
         beacon = LabBeacon(lab, workdir, extra=quota).start()
         cone = [lab.add_site("port-restricted-cone") for _ in range(2)]
         hosts = [site.hosts[0] for site in cone]
@@ -298,13 +298,14 @@ def main(argv=None) -> int:
     parser.add_argument("--hotpath-mb", type=float, default=32.0)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--old-tree", help="a directory holding an older pilotproto/ to compare the hot path with")
-    parser.add_argument("--relay-quota", metavar="RATE",
-                        help="the lab beacon's relay quota per node and per pair, e.g. 64M/1 (default: the "
-                             "beacon's default, 8M/1 per pair: the relay figure is then the quota's)")
+    parser.add_argument("--relay-quota", metavar="RATE", default="1G/1",
+                        help="the lab beacon's relay quota per node and per pair (default 1G/1: what the relay "
+                             "itself moves); 'default' keeps the beacon's own, 8M/1 per pair, and the relay "
+                             "figure is then the quota's")
     parser.add_argument("--skip", nargs="*", default=[], choices=PARTS)
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args(argv)
-    report: dict = {"machine": machine(), "size_mb": options.size_mb, "relay_quota": options.relay_quota or "default"}
+    report: dict = {"machine": machine(), "size_mb": options.size_mb, "relay_quota": options.relay_quota}
     if "hotpath" not in options.skip:
         report["hotpath"] = hotpath(options.hotpath_mb, options.old_tree)
     if "memory" not in options.skip:
