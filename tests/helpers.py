@@ -218,12 +218,9 @@ class RecordingTunnelOwner:
     def tunnel_authenticated(self, peer_key, source, size):
         self.events.append(("authenticated", peer_key, source, size))
 
-    def tunnel_data(self, peer_key, plaintext, source):
-        self.events.append(("data", peer_key, plaintext, source))
-
     def tunnel_data_many(self, peer_key, plaintexts, source):
         for plaintext in plaintexts:
-            self.tunnel_data(peer_key, plaintext, source)
+            self.events.append(("data", peer_key, plaintext, source))
 
     def tunnel_up(self, peer_key):
         self.events.append(("up", peer_key))

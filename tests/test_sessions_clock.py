@@ -244,10 +244,10 @@ def test_a_ping_is_answered_on_the_path_it_came_by(world):
     b_relay.sent.clear()
     a_address = net.nodes["agent-a"][2].address.to_bytes()
     # Through the relay while B goes direct: A cannot hear B directly, so the pong takes the relay.
-    b.tunnel_data(key_of(net, "agent-a"), smsg.encode(smsg.Ping(1, b"x")), Relayed(a_address))
+    b.tunnel_data_many(key_of(net, "agent-a"), [smsg.encode(smsg.Ping(1, b"x"))], Relayed(a_address))
     assert len(b_relay.sent) == 1 and b_udp.sent == []
     # Straight from A: the pong goes the way B's traffic goes, direct.
-    b.tunnel_data(key_of(net, "agent-a"), smsg.encode(smsg.Ping(2, b"x")), Direct(A_EP))
+    b.tunnel_data_many(key_of(net, "agent-a"), [smsg.encode(smsg.Ping(2, b"x"))], Direct(A_EP))
     assert len(b_relay.sent) == 1 and [d for _, d in b_udp.sent] == [A_EP]
 
 
@@ -258,8 +258,8 @@ def test_a_probe_is_acked_straight_back_and_never_through_the_relay(world):
     b_udp.sent.clear()
     b_relay.sent.clear()
     roamed = Endpoint("192.0.2.99", 7777)
-    b.tunnel_data(key_of(net, "agent-a"), smsg.encode(smsg.PathProbe(5)), Direct(roamed))
-    b.tunnel_data(key_of(net, "agent-a"), smsg.encode(smsg.PathProbe(6)), Relayed(b"\0" * 6))
+    b.tunnel_data_many(key_of(net, "agent-a"), [smsg.encode(smsg.PathProbe(5))], Direct(roamed))
+    b.tunnel_data_many(key_of(net, "agent-a"), [smsg.encode(smsg.PathProbe(6))], Relayed(b"\0" * 6))
     # The ack (and, still on the relay, a probe back on the same route) go straight back.
     assert {d for _, d in b_udp.sent} == {roamed} and b_relay.sent == []
 

@@ -33,14 +33,13 @@ from ..common.udpgso import (
     MAX_PACKETS_PER_WAKEUP,
     MAX_SEGMENTS,
     RECV_BUFFER,
-    SEGMENT_SIZE,
     SOL_UDP,
     UDP_GRO,
-    UDP_SEGMENT,
     batching_wanted,
     gro_segment_size,
     gso_runs,
     probe_gso,
+    send_gso,
     split_gro,
 )
 from ..wire import Endpoint
@@ -224,7 +223,7 @@ class BeaconDatagramProtocol(DatagramProtocol):
                 self._sendto(sock, run[0], addr)
                 continue
             try:
-                sock.sendmsg([b"".join(run)], [(SOL_UDP, UDP_SEGMENT, SEGMENT_SIZE.pack(size))], 0, addr)
+                send_gso(sock, run, size, addr)
             except OSError as e:
                 if e.errno in GSO_REFUSED_ERRNOS:
                     # The device or path cannot segment: plain sends from now on, this run first.

@@ -90,6 +90,14 @@ def gso_runs(packets, max_segments: int = MAX_SEGMENTS, max_bytes: int = MAX_BUR
     return runs
 
 
+def send_gso(sock, run: list, segment_size: int, addr) -> None:
+    """One ``sendmsg`` carrying ``run`` (a :func:`gso_runs` run) for the kernel to cut
+    into ``segment_size`` datagrams.  The packets are the iovec, gathered by the
+    kernel rather than joined here.  OSError as ``sendmsg`` raises it (see
+    ``GSO_REFUSED_ERRNOS`` and ``DROPPED_ERRNOS``)."""
+    sock.sendmsg(run, [(SOL_UDP, UDP_SEGMENT, SEGMENT_SIZE.pack(segment_size))], 0, addr)
+
+
 def split_gro(buffer, length: int, segment_size: int) -> list[bytes]:
     """The packets in the first ``length`` bytes of ``buffer``, glued by GRO in ``segment_size`` pieces.
 

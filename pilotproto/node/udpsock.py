@@ -63,6 +63,7 @@ from ..common.udpgso import (  # noqa: F401
     gro_segment_size,
     gso_runs,
     probe_gso,
+    send_gso,
     set_dont_fragment,
     split_gro,
 )
@@ -244,11 +245,7 @@ class SocketPort:
 
     def enqueue(self, data, addr: tuple) -> None:
         """Send ``data`` to ``addr`` (a socket address tuple) with this turn's other packets."""
-        queue = self._queue.get(addr)
-        if queue is None:
-            queue = self._queue[addr] = []
-            if self._flush_call is None and not self._closed:
-                self._flush_call = self._reactor.callLater(0, self._flush_turn)
+        queue = self._queue_for(addr)
         queue.append(data)
         if len(queue) >= MAX_SEGMENTS or len(queue) * len(data) > MAX_BURST_BYTES - len(data):
             # A whole burst is ready: send it now rather than hold the packets back.
@@ -260,11 +257,7 @@ class SocketPort:
         runs leave at once, the last, unfinished one waits for the turn's end."""
         if not packets:
             return
-        queue = self._queue.get(addr)
-        if queue is None:
-            queue = self._queue[addr] = []
-            if self._flush_call is None and not self._closed:
-                self._flush_call = self._reactor.callLater(0, self._flush_turn)
+        queue = self._queue_for(addr)
         queue.extend(packets)
         last = len(packets[-1])
         if len(queue) < MAX_SEGMENTS and len(queue) * last <= MAX_BURST_BYTES - last:
@@ -277,6 +270,15 @@ class SocketPort:
         self._queue[addr] = runs[-1][1]
         for size, run in runs[:-1]:
             self._send_run(size, run, addr)
+
+    def _queue_for(self, addr: tuple) -> list:
+        """This turn's packets for ``addr``; the first of a turn arms its flush."""
+        queue = self._queue.get(addr)
+        if queue is None:
+            queue = self._queue[addr] = []
+            if self._flush_call is None and not self._closed:
+                self._flush_call = self._reactor.callLater(0, self._flush_turn)
+        return queue
 
     def _flush_turn(self) -> None:
         self._flush_call = None
@@ -313,8 +315,7 @@ class SocketPort:
     def _send_gso(self, size: int, run: list, addr: tuple) -> None:
         self.counters["send_syscalls"] += 1
         try:
-            # The packets as the iovec (gathered by the kernel, not joined here): one datagram, cut by GSO.
-            self._sock.sendmsg(run, [(SOL_UDP, UDP_SEGMENT, SEGMENT_SIZE.pack(size))], 0, addr)
+            send_gso(self._sock, run, size, addr)
         except OSError as e:
             if e.errno in GSO_REFUSED_ERRNOS:
                 # The device or path cannot segment (quic-go and quinn see EIO

@@ -143,15 +143,6 @@ class Sessions:
         if peer is not None:
             peer.path.received(source, size)
 
-    def tunnel_data(self, peer_key: bytes, plaintext: bytes, source) -> None:
-        peer = self._record(peer_key)
-        if peer is None or peer.ended:
-            return
-        if plaintext[0] == STREAM_TYPE:
-            peer.stream_connection().packet_received(plaintext)
-        else:
-            self._session_message(peer, plaintext, source)
-
     def tunnel_data_many(self, peer_key: bytes, plaintexts: list, source) -> None:
         peer = self._record(peer_key)
         if peer is None:

@@ -27,14 +27,10 @@ class ITunnelOwner(Interface):
         (a data packet that opened, or an initiation that passed every check).
         The path layer learns roaming endpoints from it."""
 
-    def tunnel_data(peer_key, plaintext, source):
-        """``plaintext`` (never empty: keepalives are not reported) arrived from
-        ``peer_key`` in a packet that came from ``source``."""
-
     def tunnel_data_many(peer_key, plaintexts, source):
-        """Several plaintexts (none empty), in order, from packets of one burst
-        that came from ``source`` (a GRO read); :meth:`tunnel_authenticated`
-        follows once with their total size."""
+        """Plaintexts (none empty: keepalives are not reported), in order, from
+        packets that came from ``source`` (one, or a burst of a GRO read);
+        :meth:`tunnel_authenticated` follows once with their total size."""
 
     def tunnel_up(peer_key):
         """A session with ``peer_key`` can carry data."""
