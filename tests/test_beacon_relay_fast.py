@@ -127,8 +127,18 @@ def test_a_burst_over_quota_is_cut_where_frame_by_frame_would_cut_it():
     counters = world.server.counters
     assert (counters["relayed_frames"], counters["relay_dropped_rate_limited"]) == (3, 6)
     world.clock.advance(1)
+    quotas = world.server.relaying._quotas
+    checks = []
+    check = quotas.relay
+
+    def counted(*args, **kwargs):
+        checks.append(args[2])
+        return check(*args, **kwargs)
+
+    quotas.relay = counted
     fits = world.server.relaying.forward_many([a.relay_frame(b, b"w" * 1000) for _ in range(3)], Endpoint(*A))
     assert [relay.decode_from_beacon(frame).payload for frame, _ in fits] == [b"w" * 1000] * 3
+    assert checks == [3000]  # a run the buckets hold: one check for all of it
 
 
 def test_a_new_source_is_carried_but_challenged_and_a_tcp_lookalike_is_not_the_node(world):
